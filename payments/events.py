@@ -1,0 +1,176 @@
+"""The payment events and their JSON form: the integration contract.
+
+Other programs read these events, so the type names, the field names and their
+JSON shapes (amounts as strings with two places, UTC ISO 8601 timestamps, UUIDs as
+strings) only ever change as a new schema version with an upcaster here.
+Plain Python: the projections import this module, and so may any other reader.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+from uuid import UUID
+
+STREAM_CATEGORY = "payments"
+SCHEMA_VERSION = 1
+
+
+class EventDecodeError(ValueError):
+    """Stored bytes that are not a payment event this code understands."""
+
+
+@dataclass(frozen=True)
+class PaymentEvent:
+    """Base class: every payment event names its payment and when it happened."""
+
+    type_name: ClassVar[str]
+
+    payment_id: UUID
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class PaymentCreated(PaymentEvent):
+    type_name: ClassVar[str] = "PaymentCreated"
+
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class PaymentAuthorized(PaymentEvent):
+    type_name: ClassVar[str] = "PaymentAuthorized"
+
+    bank_name: str
+    authorization_id: UUID
+
+
+@dataclass(frozen=True)
+class PaymentSettled(PaymentEvent):
+    type_name: ClassVar[str] = "PaymentSettled"
+
+    bank_name: str
+    amount: Decimal
+    settlement_id: UUID
+
+
+@dataclass(frozen=True)
+class PaymentRefunded(PaymentEvent):
+    type_name: ClassVar[str] = "PaymentRefunded"
+
+    amount: Decimal
+    refund_id: UUID
+
+
+@dataclass(frozen=True)
+class PaymentDeclined(PaymentEvent):
+    type_name: ClassVar[str] = "PaymentDeclined"
+
+    bank_name: str
+    decline_code: str
+    decline_id: UUID
+
+
+EVENT_TYPES: dict[str, type[PaymentEvent]] = {
+    cls.type_name: cls
+    for cls in (PaymentCreated, PaymentAuthorized, PaymentSettled, PaymentRefunded, PaymentDeclined)
+}
+
+
+def stream_name(payment_id: UUID) -> str:
+    """The stream of one payment; its category stream is ``$ce-payments``."""
+    return f"{STREAM_CATEGORY}-{payment_id}"
+
+
+def payment_id_from_stream(stream: str) -> UUID:
+    """The inverse of ``stream_name``."""
+    prefix = f"{STREAM_CATEGORY}-"
+    if not stream.startswith(prefix):
+        raise EventDecodeError(f"{stream!r} is not a payment stream")
+    return UUID(stream[len(prefix):])
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, microseconds kept (e.g. ``2026-11-29T14:00:00.123456Z``)."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _to_json_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    return value
+
+
+def encode_data(event: PaymentEvent) -> bytes:
+    """The event's JSON data, compact, keys in field order."""
+    document = {f.name: _to_json_value(getattr(event, f.name)) for f in fields(event)}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def encode_metadata(*, correlation_id: UUID, causation_id: UUID) -> bytes:
+    """Metadata in EventStoreDB's convention, plus the schema version of the data."""
+    return json.dumps(
+        {
+            "$correlationId": str(correlation_id),
+            "$causationId": str(causation_id),
+            "schemaVersion": SCHEMA_VERSION,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_metadata(metadata: bytes) -> dict[str, Any]:
+    """Metadata as a dict (empty for events written without any)."""
+    if not metadata:
+        return {}
+    try:
+        document = json.loads(metadata)
+    except ValueError as e:
+        raise EventDecodeError(f"metadata is not JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise EventDecodeError("metadata is not a JSON object")
+    return document
+
+
+def decode_event(type_name: str, data: bytes, metadata: bytes = b"") -> PaymentEvent:
+    """Parse stored JSON back into an event, checking every field's type."""
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {type_name!r}")
+    version = decode_metadata(metadata).get("schemaVersion", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise EventDecodeError(f"{type_name} schema version {version!r} is not supported")
+    try:
+        document = json.loads(data)
+        kwargs = {f.name: _from_json_value(f.type, document[f.name]) for f in fields(cls)}
+    except (ValueError, KeyError, TypeError, ArithmeticError) as e:
+        raise EventDecodeError(f"bad {type_name} data: {e!r}") from None
+    return cls(**kwargs)
+
+
+def _from_json_value(annotation: object, value: object) -> object:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    if annotation == "UUID":
+        return UUID(value)
+    if annotation == "Decimal":
+        amount = Decimal(value)
+        if not amount.is_finite():
+            raise ValueError(f"{value!r} is not a finite amount")
+        return amount
+    if annotation == "datetime":
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone")
+        return moment.astimezone(UTC)
+    return value

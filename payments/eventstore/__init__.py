@@ -1,0 +1,85 @@
+"""The event store port and the choice of adapter by URI.
+
+``sqlite:///path`` (the default) opens the embedded store; ``esdb://`` and
+``esdb+discover://`` open EventStoreDB through esdbclient.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+from payments.eventstore.port import (
+    AppendResult,
+    EventStore,
+    EventStoreError,
+    EventStoreUnavailable,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+    StreamNotFound,
+    StreamState,
+    Subscription,
+    WrongExpectedVersion,
+)
+
+__all__ = [
+    "AppendResult",
+    "EventStore",
+    "EventStoreError",
+    "EventStoreUnavailable",
+    "ExpectedVersion",
+    "NewEvent",
+    "RecordedEvent",
+    "StreamNotFound",
+    "StreamState",
+    "Subscription",
+    "WrongExpectedVersion",
+    "get_event_store",
+    "open_event_store",
+    "reset_event_store",
+]
+
+
+def open_event_store(uri: str, *, timeout: float = 5.0) -> EventStore:
+    """A new store for ``uri``; the caller closes it."""
+    if uri.startswith("sqlite:///"):
+        from payments.eventstore.embedded import EmbeddedEventStore
+
+        return EmbeddedEventStore(uri.removeprefix("sqlite:///") or "events.sqlite3",
+                                  timeout=timeout)
+    if uri.startswith(("esdb://", "esdb+discover://")):
+        from payments.eventstore.esdb import EventStoreDBEventStore
+
+        return EventStoreDBEventStore(uri, timeout=timeout)
+    raise ValueError(
+        f"EVENTSTORE_URI {uri.split('://')[0]}://… is not supported:"
+        " use sqlite:///path or esdb://host:port"
+    )
+
+
+_store: EventStore | None = None
+_lock = threading.Lock()
+
+
+def get_event_store() -> EventStore:
+    """The process's store, opened on first use from settings and closed at exit."""
+    global _store
+    with _lock:
+        if _store is None:
+            from django.conf import settings
+
+            _store = open_event_store(settings.EVENTSTORE_URI, timeout=settings.EVENTSTORE_TIMEOUT)
+        return _store
+
+
+def reset_event_store() -> None:
+    """Close the process's store so the next use reopens it (tests, settings changes)."""
+    global _store
+    with _lock:
+        if _store is not None:
+            _store.close()
+            _store = None
+
+
+atexit.register(reset_event_store)

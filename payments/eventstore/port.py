@@ -1,0 +1,155 @@
+"""The event store port: the one interface the application uses to store events.
+
+Two adapters implement it (``embedded.EmbeddedEventStore`` on SQLite and
+``esdb.EventStoreDBEventStore`` on EventStoreDB) and pass one contract test suite
+(``tests/test_eventstore_contract.py``). Nothing outside the adapters imports
+``sqlite3`` or ``esdbclient``.
+
+Positions: every recorded event carries ``version`` (0-based, within its stream) and
+``position`` (global, strictly increasing in commit order, not necessarily dense).
+Reading "after" a position excludes it, so a checkpoint holding the position of the
+last applied event resumes exactly at the next one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+from uuid import UUID, uuid4
+
+
+class StreamState(enum.Enum):
+    """Expected versions that are not a number."""
+
+    NO_STREAM = "no_stream"  # the stream must not exist yet
+    ANY = "any"  # no concurrency check (never used by the command service)
+
+
+ExpectedVersion = int | StreamState
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append. ``data`` and ``metadata`` are UTF-8 JSON documents."""
+
+    type: str
+    data: bytes
+    metadata: bytes = b"{}"
+    id: UUID = field(default_factory=uuid4)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event as the store holds it."""
+
+    id: UUID
+    stream: str
+    type: str
+    data: bytes
+    metadata: bytes
+    version: int
+    position: int
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """Where an append left the stream: its new version and the last event's position."""
+
+    version: int
+    position: int
+
+
+class EventStoreError(Exception):
+    """Base class of the port's errors."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    """The stream is not at the version the caller expected (a concurrent change)."""
+
+    def __init__(self, stream: str, expected: ExpectedVersion, actual: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        shown = expected.value if isinstance(expected, StreamState) else expected
+        super().__init__(
+            f"stream {stream!r} is at version {actual if actual is not None else 'none'},"
+            f" expected {shown}"
+        )
+
+
+class StreamNotFound(EventStoreError):
+    """The stream has no events."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        super().__init__(f"stream {stream!r} not found")
+
+
+class EventStoreUnavailable(EventStoreError):
+    """The store could not be reached (or did not answer) within the deadline."""
+
+
+class Subscription(Protocol):
+    """A catch-up subscription: history first, then live appends, in position order.
+
+    ``get`` waits at most ``timeout`` seconds and returns ``None`` when nothing came,
+    so a caller can bound its batches by time and notice a stop request. Errors of
+    the store surface from ``get`` (and iteration) as ``EventStoreUnavailable``.
+    """
+
+    def get(self, timeout: float) -> RecordedEvent | None: ...
+
+    def close(self) -> None: ...
+
+    def __iter__(self) -> Iterator[RecordedEvent]: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class EventStore(Protocol):
+    """The operations the application needs from an event store."""
+
+    def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+    ) -> AppendResult:
+        """Append atomically if the stream is at ``expected_version``.
+
+        Appending events whose ids are already the stream's latest events at that
+        version is a no-op that returns the original result (idempotent retry).
+        Raises ``WrongExpectedVersion`` otherwise.
+        """
+        ...
+
+    def read_stream(self, stream: str) -> list[RecordedEvent]:
+        """All events of one stream in version order; ``StreamNotFound`` if none."""
+        ...
+
+    def read_all(
+        self, *, after: int | None = None, category: str = "payments", limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of streams ``<category>-…`` with position > ``after``, in order."""
+        ...
+
+    def subscribe(self, *, after: int | None = None, category: str = "payments") -> Subscription:
+        """A catch-up subscription from just after ``after`` (the start if None)."""
+        ...
+
+    def head_position(self, *, category: str = "payments") -> int:
+        """The position of the category's last event, 0 when there is none."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...

@@ -1,0 +1,162 @@
+"""``manage.py api``: the original ``api.py`` script, on the command service.
+
+It keeps the script's short flags, so ``-v`` is the value here; Django's verbosity
+keeps its long form ``--verbosity``. ``create`` prints the new id alone, for
+``ID=$(python manage.py api -a create -v 10.00)``; other actions print the payment
+as ``field: value`` lines (``--json`` for JSON). Errors: one line on stderr, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+from uuid import UUID
+
+from django.core.management.base import BaseCommand, CommandError
+
+from payments import services
+from payments.domain import Payment, PaymentError
+from payments.events import EventDecodeError
+from payments.eventstore import EventStoreError
+
+ACTIONS = ("create", "authorize", "settle", "decline", "refund", "find")
+
+
+def payment_fields(payment: Payment) -> dict[str, Any]:
+    """The payment as JSON-ready fields, in the order people read them."""
+    return {
+        "id": str(payment.id),
+        "status": str(payment.status),
+        "amount": f"{payment.amount:.2f}",
+        "currency": payment.currency,
+        "settled_amount": f"{payment.settled_amount:.2f}",
+        "refunded_amount": f"{payment.refunded_amount:.2f}",
+        "bank_name": payment.bank_name,
+        "decline_code": payment.decline_code,
+        "version": payment.version,
+    }
+
+
+class Command(BaseCommand):
+    help = (
+        "Issue a payment command, as the original api.py did. "
+        "Examples: api -a create -v 100.00; api -a authorize -i ID -b 'Bank'; "
+        "api -a settle -i ID [-v 40.00]; api -a refund -i ID [-v 10.00]; "
+        "api -a decline -i ID -b 'Bank' -c 05; api -a find -i ID"
+    )
+
+    def add_base_argument(self, parser: ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        """Give ``-v`` to the value, as in the original script; ``--verbosity`` stays."""
+        super().add_base_argument(parser, *(a for a in args if a != "-v"), **kwargs)
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> ArgumentParser:
+        """Report a usage error in one line (the full usage is one ``--help`` away)."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.print_usage = lambda file=None: None  # type: ignore[method-assign]
+        return parser
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("-a", "--action", required=True, choices=ACTIONS)
+        parser.add_argument("-i", "--id", help="the payment's id (every action but create)")
+        parser.add_argument(
+            "-v", "--value",
+            help="amount, e.g. 100.00 (create; optional for settle and refund: all that is left)",
+        )
+        parser.add_argument("-b", "--bank-name", help="bank name (authorize, decline, settle)")
+        parser.add_argument("-c", "--decline-code", help="decline code, e.g. 05 (decline)")
+        parser.add_argument("--currency", help="ISO 4217 code for create (default from settings)")
+        parser.add_argument("--idempotency-key", help="makes a retried command append nothing")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._dispatch(options)
+        except (PaymentError, EventStoreError, EventDecodeError) as e:
+            raise CommandError(str(e)) from e
+
+    def _dispatch(self, options: dict[str, Any]) -> None:
+        action: str = options["action"]
+        key: str | None = options["idempotency_key"]
+        if action == "create":
+            payment = services.create_payment(
+                amount=_required(options, "value", action), currency=options["currency"],
+                idempotency_key=key,
+            )
+            if options["json"]:
+                self._print_json(payment_fields(payment))
+            else:
+                self.stdout.write(str(payment.id))
+            return
+        payment_id = _payment_id(options["id"], action)
+        if action == "find":
+            found = services.find_payment(payment_id=payment_id)
+            history = [
+                {"version": e.version, "position": e.position, "type": e.type,
+                 "occurred_at": e.data.get("occurred_at"), "data": e.data}
+                for e in found.history
+            ]
+            if options["json"]:
+                self._print_json({**payment_fields(found.payment), "events": history})
+            else:
+                self._print_fields(found.payment)
+                for entry in history:
+                    details = ", ".join(
+                        f"{k}={v}" for k, v in entry["data"].items()
+                        if k not in ("payment_id", "occurred_at")
+                    )
+                    self.stdout.write(
+                        f"event: {entry['version']} {entry['occurred_at']} {entry['type']}"
+                        f" {details}"
+                    )
+            return
+        if action == "authorize":
+            payment = services.authorize_payment(
+                payment_id=payment_id, bank_name=_required(options, "bank_name", action),
+                idempotency_key=key,
+            )
+        elif action == "settle":
+            payment = services.settle_payment(
+                payment_id=payment_id, amount=options["value"], bank_name=options["bank_name"],
+                idempotency_key=key,
+            )
+        elif action == "refund":
+            payment = services.refund_payment(
+                payment_id=payment_id, amount=options["value"], idempotency_key=key
+            )
+        else:
+            payment = services.decline_payment(
+                payment_id=payment_id, bank_name=_required(options, "bank_name", action),
+                decline_code=_required(options, "decline_code", action), idempotency_key=key,
+            )
+        if options["json"]:
+            self._print_json(payment_fields(payment))
+        else:
+            self._print_fields(payment)
+
+    def _print_fields(self, payment: Payment) -> None:
+        for name, value in payment_fields(payment).items():
+            self.stdout.write(f"{name}: {'' if value is None else value}")
+
+    def _print_json(self, document: dict[str, Any]) -> None:
+        self.stdout.write(json.dumps(document, indent=2))
+
+
+_FLAGS = {"value": "-v/--value", "bank_name": "-b/--bank-name",
+          "decline_code": "-c/--decline-code", "id": "-i/--id"}
+
+
+def _required(options: dict[str, Any], name: str, action: str) -> str:
+    value = options[name]
+    if value is None:
+        raise CommandError(f"{action} needs {_FLAGS[name]}")
+    return value
+
+
+def _payment_id(value: str | None, action: str) -> UUID:
+    if value is None:
+        raise CommandError(f"{action} needs {_FLAGS['id']}")
+    try:
+        return UUID(value.strip())
+    except ValueError:
+        raise CommandError(f"-i/--id: {value!r} is not a payment id (a UUID)") from None

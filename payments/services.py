@@ -1,0 +1,341 @@
+"""The command service: one function per use case, the only writer of events.
+
+Each command loads the payment's stream, lets the aggregate decide one event, and
+appends it with the version it read (optimistic concurrency). If another writer
+got there first, it re-reads and re-decides, a bounded number of times, and only
+then reports ``ConcurrencyConflict``.
+
+Idempotency: given an ``idempotency_key``, the event id (and, for create, the
+payment id) is derived from the key, so a retried command finds its own event in
+the stream and returns the state as it was right after it, appending nothing. The
+event's ``$causationId`` is derived from the key *and* the request, so the same key
+with a different request is told apart (``IdempotencyKeyReused``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from django.conf import settings
+
+from payments.domain import (
+    Payment,
+    PaymentError,
+    apply,
+    parse_amount,
+    parse_bank_name,
+    parse_currency,
+    parse_decline_code,
+)
+from payments.domain import (
+    create_payment as decide_create,
+)
+from payments.events import (
+    PaymentEvent,
+    decode_event,
+    decode_metadata,
+    encode_data,
+    encode_metadata,
+    stream_name,
+)
+from payments.eventstore import (
+    EventStore,
+    NewEvent,
+    RecordedEvent,
+    StreamNotFound,
+    StreamState,
+    WrongExpectedVersion,
+    get_event_store,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 10
+_IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:paymentsite:idempotency")
+
+
+class PaymentNotFound(PaymentError):
+    """No payment has this id."""
+
+    def __init__(self, payment_id: UUID) -> None:
+        self.payment_id = payment_id
+        super().__init__(f"payment {payment_id} not found")
+
+
+class ConcurrencyConflict(PaymentError):
+    """Another change to the payment won, and re-deciding did not settle it."""
+
+
+class IdempotencyKeyReused(PaymentError):
+    """The idempotency key was used before for a different request."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One stored event of a payment, as the history pages and ``find`` show it."""
+
+    type: str
+    data: dict[str, Any]
+    version: int
+    position: int
+    occurred_at: datetime
+    event_id: UUID
+
+
+@dataclass(frozen=True)
+class PaymentWithHistory:
+    """A payment's current state (folded from its stream) and its events."""
+
+    payment: Payment
+    history: list[HistoryEntry]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    payment: Payment
+    records: list[RecordedEvent]
+    events: list[PaymentEvent]
+
+
+# --- use cases -----------------------------------------------------------------------
+
+
+def create_payment(
+    *,
+    amount: Decimal | str,
+    currency: str | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: UUID | None = None,
+    store: EventStore | None = None,
+) -> Payment:
+    """Create a pending payment; returns it (its id is new, or derived from the key)."""
+    store = store or get_event_store()
+    amount = parse_amount(amount)
+    currency = parse_currency(currency or settings.DEFAULT_CURRENCY)
+    payment_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
+    return _run(
+        store, payment_id, "create", {"amount": amount, "currency": currency},
+        lambda _: decide_create(
+            payment_id=payment_id, amount=amount, currency=currency, occurred_at=_now()
+        ),
+        idempotency_key=idempotency_key, correlation_id=correlation_id, expected_version=None,
+        creates=True,
+    )
+
+
+def authorize_payment(
+    *,
+    payment_id: UUID,
+    bank_name: str,
+    expected_version: int | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: UUID | None = None,
+    store: EventStore | None = None,
+) -> Payment:
+    """Record the bank's authorization of a pending payment."""
+    bank_name = parse_bank_name(bank_name)
+    return _run(
+        store or get_event_store(), payment_id, "authorize", {"bank_name": bank_name},
+        lambda p: p.authorize(bank_name=bank_name, occurred_at=_now()),
+        idempotency_key=idempotency_key, correlation_id=correlation_id,
+        expected_version=expected_version,
+    )
+
+
+def settle_payment(
+    *,
+    payment_id: UUID,
+    amount: Decimal | str | None = None,
+    bank_name: str | None = None,
+    expected_version: int | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: UUID | None = None,
+    store: EventStore | None = None,
+) -> Payment:
+    """Settle ``amount``, or everything outstanding when no amount is given."""
+    amount = None if amount is None else parse_amount(amount)
+    bank_name = None if bank_name is None else parse_bank_name(bank_name)
+    return _run(
+        store or get_event_store(), payment_id, "settle",
+        {"amount": amount, "bank_name": bank_name},
+        lambda p: p.settle(amount=amount, bank_name=bank_name, occurred_at=_now()),
+        idempotency_key=idempotency_key, correlation_id=correlation_id,
+        expected_version=expected_version,
+    )
+
+
+def refund_payment(
+    *,
+    payment_id: UUID,
+    amount: Decimal | str | None = None,
+    expected_version: int | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: UUID | None = None,
+    store: EventStore | None = None,
+) -> Payment:
+    """Refund ``amount``, or everything settled and not yet refunded."""
+    amount = None if amount is None else parse_amount(amount)
+    return _run(
+        store or get_event_store(), payment_id, "refund", {"amount": amount},
+        lambda p: p.refund(amount=amount, occurred_at=_now()),
+        idempotency_key=idempotency_key, correlation_id=correlation_id,
+        expected_version=expected_version,
+    )
+
+
+def decline_payment(
+    *,
+    payment_id: UUID,
+    bank_name: str,
+    decline_code: str,
+    expected_version: int | None = None,
+    idempotency_key: str | None = None,
+    correlation_id: UUID | None = None,
+    store: EventStore | None = None,
+) -> Payment:
+    """Record the bank's refusal of a pending or authorized payment."""
+    bank_name = parse_bank_name(bank_name)
+    decline_code = parse_decline_code(decline_code)
+    return _run(
+        store or get_event_store(), payment_id, "decline",
+        {"bank_name": bank_name, "decline_code": decline_code},
+        lambda p: p.decline(bank_name=bank_name, decline_code=decline_code, occurred_at=_now()),
+        idempotency_key=idempotency_key, correlation_id=correlation_id,
+        expected_version=expected_version,
+    )
+
+
+def find_payment(*, payment_id: UUID, store: EventStore | None = None) -> PaymentWithHistory:
+    """The payment folded from its stream (always current) with its stored events."""
+    loaded = _load(store or get_event_store(), payment_id)
+    history = [
+        HistoryEntry(
+            type=record.type,
+            data=json.loads(record.data),
+            version=record.version,
+            position=record.position,
+            occurred_at=event.occurred_at,
+            event_id=record.id,
+        )
+        for record, event in zip(loaded.records, loaded.events, strict=True)
+    ]
+    return PaymentWithHistory(payment=loaded.payment, history=history)
+
+
+# --- the one command loop ------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load(store: EventStore, payment_id: UUID) -> _Loaded:
+    try:
+        records = store.read_stream(stream_name(payment_id))
+    except StreamNotFound:
+        raise PaymentNotFound(payment_id) from None
+    events = [decode_event(r.type, r.data, r.metadata) for r in records]
+    payment: Payment | None = None
+    for record, event in zip(records, events, strict=True):
+        payment = apply(payment, event, record.version)
+    assert payment is not None  # a stream that exists has at least one event
+    return _Loaded(payment=payment, records=records, events=events)
+
+
+def _command_ids(
+    payment_id: UUID, action: str, request: dict[str, object], idempotency_key: str | None
+) -> tuple[UUID, UUID]:
+    """The new event's id and the command's id (the event's causation)."""
+    if idempotency_key is None:
+        return uuid4(), uuid4()
+    fingerprint = json.dumps({k: None if v is None else str(v) for k, v in request.items()},
+                             sort_keys=True)
+    return (
+        uuid5(_IDEMPOTENCY_NAMESPACE, f"{payment_id}/{idempotency_key}"),
+        uuid5(_IDEMPOTENCY_NAMESPACE, f"{payment_id}/{idempotency_key}/{action}/{fingerprint}"),
+    )
+
+
+def _replay(loaded: _Loaded, event_id: UUID, command_id: UUID) -> Payment | None:
+    """The state right after this command's event, if the stream has it already."""
+    payment: Payment | None = None
+    for record, event in zip(loaded.records, loaded.events, strict=True):
+        payment = apply(payment, event, record.version)
+        if record.id == event_id:
+            if decode_metadata(record.metadata).get("$causationId") != str(command_id):
+                raise IdempotencyKeyReused(
+                    "this idempotency key was already used for a different request"
+                )
+            return payment
+    return None
+
+
+def _run(
+    store: EventStore,
+    payment_id: UUID,
+    action: str,
+    request: dict[str, object],
+    decide: Callable[[Payment | None], PaymentEvent],
+    *,
+    idempotency_key: str | None,
+    correlation_id: UUID | None,
+    expected_version: int | None,
+    creates: bool = False,
+) -> Payment:
+    """Load, decide, append with the version read; on a lost race, do it again."""
+    started = time.perf_counter()
+    stream = stream_name(payment_id)
+    event_id, command_id = _command_ids(payment_id, action, request, idempotency_key)
+    metadata = encode_metadata(
+        correlation_id=correlation_id or command_id, causation_id=command_id
+    )
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        loaded: _Loaded | None = None
+        if not creates or idempotency_key is not None:
+            try:
+                loaded = _load(store, payment_id)
+            except PaymentNotFound:
+                if not creates:
+                    raise
+        if loaded is not None:
+            replayed = _replay(loaded, event_id, command_id)
+            if replayed is not None:
+                return replayed
+            if creates:
+                raise IdempotencyKeyReused(
+                    "this idempotency key was already used for a different payment"
+                )
+        current = loaded.payment if loaded else None
+        if expected_version is not None and current is not None \
+                and current.version != expected_version:
+            raise ConcurrencyConflict(
+                f"payment {payment_id} is at version {current.version}, not {expected_version};"
+                f" it is {current.status}"
+            )
+        event = decide(current)
+        new_event = NewEvent(
+            type=event.type_name, data=encode_data(event), metadata=metadata, id=event_id
+        )
+        try:
+            result = store.append(
+                stream, [new_event], current.version if current else StreamState.NO_STREAM
+            )
+        except WrongExpectedVersion:
+            logger.info("%s %s: lost a race (attempt %d), re-deciding", action, payment_id,
+                        attempt)
+            continue
+        logger.info("%s %s -> %s at version %d in %.1f ms", action, payment_id, event.type_name,
+                    result.version, (time.perf_counter() - started) * 1000)
+        return apply(current, event, result.version)
+    raise ConcurrencyConflict(
+        f"payment {payment_id} kept changing while {action} was decided"
+        f" ({MAX_ATTEMPTS} attempts); try again"
+    )

@@ -1,0 +1,142 @@
+"""``manage.py api`` end to end: through call_command and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from payments.eventstore import get_event_store
+
+pytestmark = pytest.mark.django_db(databases=[])
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def api(*args: str) -> str:
+    out = StringIO()
+    call_command("api", *args, stdout=out)
+    return out.getvalue()
+
+
+def fields(output: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in output.splitlines() if not line.startswith("event"))
+
+
+def test_the_original_flags_drive_a_payment_through_its_life() -> None:
+    payment_id = api("-a", "create", "-v", "100.00").strip()
+    assert len(payment_id) == 36
+    assert fields(api("-a", "authorize", "-i", payment_id, "-b", "Acme Bank"))["status"] == (
+        "authorized")
+    assert fields(api("-a", "settle", "-i", payment_id, "-v", "60"))["settled_amount"] == "60.00"
+    settled = fields(api("-a", "settle", "-i", payment_id))
+    assert (settled["status"], settled["settled_amount"]) == ("settled", "100.00")
+    refunded = fields(api("--action", "refund", "--id", payment_id, "--value", "100"))
+    assert (refunded["status"], refunded["refunded_amount"]) == ("refunded", "100.00")
+
+    found = api("-a", "find", "-i", payment_id)
+    assert fields(found)["version"] == "4"
+    events = [line for line in found.splitlines() if line.startswith("event: ")]
+    assert [line.split()[3] for line in events] == [
+        "PaymentCreated", "PaymentAuthorized", "PaymentSettled", "PaymentSettled",
+        "PaymentRefunded",
+    ]
+
+
+def test_decline_and_json_output() -> None:
+    payment_id = api("-a", "create", "-v", "5", "--currency", "usd").strip()
+    declined = json.loads(api("-a", "decline", "-i", payment_id, "-b", "B", "-c", "05", "--json"))
+    assert declined["status"] == "declined"
+    assert declined["decline_code"] == "05"
+    assert declined["currency"] == "USD"
+    found = json.loads(api("-a", "find", "-i", payment_id, "--json"))
+    assert [e["type"] for e in found["events"]] == ["PaymentCreated", "PaymentDeclined"]
+
+
+BAD_INPUTS = [
+    (["-a", "create"], "create needs -v/--value"),
+    (["-a", "create", "-v", "abc"], "'abc' is not a number"),
+    (["-a", "create", "-v", "-1"], "greater than 0"),
+    (["-a", "create", "-v", "0"], "greater than 0"),
+    (["-a", "create", "-v", "0.001"], "at most 2 decimal places"),
+    (["-a", "create", "-v", "1e309"], "at most 999,999,999,999.99"),
+    (["-a", "create", "-v", "1" * 30], "at most 999,999,999,999.99"),
+    (["-a", "create", "-v", "1", "--currency", "EURO"], "three-letter ISO 4217"),
+    (["-a", "find"], "find needs -i/--id"),
+    (["-a", "find", "-i", "not-a-uuid"], "is not a payment id"),
+    (["-a", "find", "-i", str(uuid4())], "not found"),
+    (["-a", "authorize", "-i", "{id}"], "authorize needs -b/--bank-name"),
+    (["-a", "authorize", "-i", "{id}", "-b", "  "], "bank_name: must not be empty"),
+    (["-a", "decline", "-i", "{id}", "-b", "B", "-c", "12345"], "not 1 to 4 letters or digits"),
+    (["-a", "decline", "-i", "{id}", "-b", "B", "-c", "0;5"], "not 1 to 4 letters or digits"),
+    (["-a", "settle", "-i", "{id}"], "cannot settle a payment that is pending"),
+    (["-a", "refund", "-i", "{id}", "-v", "abc"], "'abc' is not a number"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS)
+def test_bad_input_is_refused_and_nothing_is_appended(args: list[str], message: str) -> None:
+    payment_id = api("-a", "create", "-v", "10.00").strip()
+    head = get_event_store().head_position()
+    with pytest.raises(CommandError, match=message):
+        api(*(a.replace("{id}", payment_id) for a in args))
+    assert get_event_store().head_position() == head
+
+
+def run_manage(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'cli-events.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'cli-db.sqlite3'}",
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+def test_as_a_script_create_prints_the_id_alone_and_errors_are_one_line(tmp_path: Path) -> None:
+    created = run_manage("api", "-a", "create", "-v", "10.00", tmp_path=tmp_path)
+    assert created.returncode == 0, created.stderr
+    payment_id = created.stdout.strip()
+    assert created.stdout == payment_id + "\n"
+
+    found = run_manage("api", "-a", "find", "-i", payment_id, tmp_path=tmp_path)
+    assert found.returncode == 0
+    assert "status: pending" in found.stdout.splitlines()
+
+    for args in (
+        ["-a", "create", "-v", "-1"],
+        ["-a", "create", "-v", "1e309"],
+        ["-a", "settle", "-i", payment_id],
+        ["-a", "find", "-i", "nope"],
+        ["-a", "find", "-i"],  # argparse's own error, made one line too
+        ["-a", "decline", "-i", payment_id, "-b", "B", "-c", "ABCDE"],
+    ):
+        refused = run_manage("api", *args, tmp_path=tmp_path)
+        assert refused.returncode != 0, args
+        assert refused.stdout == ""
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "Traceback" not in refused.stderr
+
+    history = run_manage("api", "-a", "find", "-i", payment_id, tmp_path=tmp_path)
+    assert sum(line.startswith("event: ") for line in history.stdout.splitlines()) == 1
+
+
+def test_an_unreachable_store_is_one_line_too(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env_uri = f"sqlite:///{blocker / 'events.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "api", "-a", "create", "-v", "1"], cwd=ROOT,
+        env={**os.environ, "EVENTSTORE_URI": env_uri}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("CommandError: ")
+    assert len(result.stderr.strip().splitlines()) == 1
