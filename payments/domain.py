@@ -275,9 +275,10 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
         )
     if payment is None:
         raise HistoryError(f"{type(event).__name__} before PaymentCreated")
-    moved = replace(payment, updated_at=event.occurred_at, version=version)
+    at = event.occurred_at
     if isinstance(event, PaymentAuthorized):
-        return replace(moved, status=PaymentStatus.AUTHORIZED, bank_name=event.bank_name)
+        return replace(payment, status=PaymentStatus.AUTHORIZED, bank_name=event.bank_name,
+                       updated_at=at, version=version)
     if isinstance(event, PaymentSettled):
         settled = payment.settled_amount + event.amount
         status = (
@@ -285,8 +286,8 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
             else PaymentStatus.PARTIALLY_SETTLED
         )
         return replace(
-            moved, status=status, settled_amount=settled,
-            bank_name=event.bank_name or payment.bank_name,
+            payment, status=status, settled_amount=settled,
+            bank_name=event.bank_name or payment.bank_name, updated_at=at, version=version,
         )
     if isinstance(event, PaymentRefunded):
         refunded = payment.refunded_amount + event.amount
@@ -294,11 +295,12 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
             PaymentStatus.REFUNDED if refunded >= payment.settled_amount
             else PaymentStatus.PARTIALLY_REFUNDED
         )
-        return replace(moved, status=status, refunded_amount=refunded)
+        return replace(payment, status=status, refunded_amount=refunded, updated_at=at,
+                       version=version)
     if isinstance(event, PaymentDeclined):
         return replace(
-            moved, status=PaymentStatus.DECLINED, bank_name=event.bank_name,
-            decline_code=event.decline_code,
+            payment, status=PaymentStatus.DECLINED, bank_name=event.bank_name,
+            decline_code=event.decline_code, updated_at=at, version=version,
         )
     raise HistoryError(f"unknown event {type(event).__name__}")
 

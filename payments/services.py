@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -278,6 +281,73 @@ def _replay(loaded: _Loaded, event_id: UUID, command_id: UUID) -> Payment | None
     return None
 
 
+class _RecentPayments:
+    """The latest state of recently commanded payments, per store (an LRU).
+
+    A safe shortcut, not a source of truth: a stream only grows, so the state at
+    version v is the same whenever it is read, and the append's expected version
+    rejects a decision made on a state that has since moved on (then we reload).
+    It spares the read and the fold on the hot path of a payment's life cycle.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._by_store: weakref.WeakKeyDictionary[EventStore, OrderedDict[UUID, Payment]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, store: EventStore, payment_id: UUID) -> Payment | None:
+        with self._lock:
+            recent = self._by_store.get(store)
+            return recent.get(payment_id) if recent is not None else None
+
+    def put(self, store: EventStore, payment: Payment) -> None:
+        with self._lock:
+            recent = self._by_store.setdefault(store, OrderedDict())
+            recent[payment.id] = payment
+            recent.move_to_end(payment.id)
+            if len(recent) > self.size:
+                recent.popitem(last=False)
+
+    def forget(self, store: EventStore, payment_id: UUID) -> None:
+        with self._lock:
+            recent = self._by_store.get(store)
+            if recent is not None:
+                recent.pop(payment_id, None)
+
+
+_recent = _RecentPayments()
+
+
+def _current_state(
+    store: EventStore,
+    payment_id: UUID,
+    event_id: UUID,
+    command_id: UUID,
+    *,
+    needs_history: bool,
+    creates: bool,
+) -> tuple[Payment | None, Payment | None]:
+    """(state to decide on, state to return as a replay); both None for a new payment."""
+    if not needs_history:
+        if creates:
+            return None, None
+        cached = _recent.get(store, payment_id)
+        if cached is not None:
+            return cached, None
+    try:
+        loaded = _load(store, payment_id)
+    except PaymentNotFound:
+        if creates:
+            return None, None
+        raise
+    replayed = _replay(loaded, event_id, command_id) if needs_history else None
+    if replayed is None and creates:
+        raise IdempotencyKeyReused("this idempotency key was already used for a different payment")
+    return loaded.payment, replayed
+
+
 def _run(
     store: EventStore,
     payment_id: UUID,
@@ -297,25 +367,20 @@ def _run(
     metadata = encode_metadata(
         correlation_id=correlation_id or command_id, causation_id=command_id
     )
+    # An idempotency key must see the history; so must a caller's expected version
+    # that differs from what we hold (it is checked against the store, not the cache).
+    needs_history = idempotency_key is not None
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        loaded: _Loaded | None = None
-        if not creates or idempotency_key is not None:
-            try:
-                loaded = _load(store, payment_id)
-            except PaymentNotFound:
-                if not creates:
-                    raise
-        if loaded is not None:
-            replayed = _replay(loaded, event_id, command_id)
-            if replayed is not None:
-                return replayed
-            if creates:
-                raise IdempotencyKeyReused(
-                    "this idempotency key was already used for a different payment"
-                )
-        current = loaded.payment if loaded else None
+        current, replayed = _current_state(
+            store, payment_id, event_id, command_id, needs_history=needs_history, creates=creates
+        )
+        if replayed is not None:
+            return replayed
         if expected_version is not None and current is not None \
                 and current.version != expected_version:
+            if not needs_history:
+                needs_history = True  # the cache may be behind: ask the store
+                continue
             raise ConcurrencyConflict(
                 f"payment {payment_id} is at version {current.version}, not {expected_version};"
                 f" it is {current.status}"
@@ -331,10 +396,13 @@ def _run(
         except WrongExpectedVersion:
             logger.info("%s %s: lost a race (attempt %d), re-deciding", action, payment_id,
                         attempt)
+            _recent.forget(store, payment_id)
             continue
+        payment = apply(current, event, result.version)
+        _recent.put(store, payment)
         logger.info("%s %s -> %s at version %d in %.1f ms", action, payment_id, event.type_name,
                     result.version, (time.perf_counter() - started) * 1000)
-        return apply(current, event, result.version)
+        return payment
     raise ConcurrencyConflict(
         f"payment {payment_id} kept changing while {action} was decided"
         f" ({MAX_ATTEMPTS} attempts); try again"

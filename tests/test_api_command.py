@@ -140,3 +140,43 @@ def test_an_unreachable_store_is_one_line_too(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("CommandError: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_with_eventstore_uri_the_same_commands_write_to_eventstoredb(tmp_path: Path) -> None:
+    """The CLI in a subprocess, talking gRPC to the EventStoreDB double in this process."""
+    from payments.eventstore.esdb import EventStoreDBEventStore
+    from tests.esdb_double import EventStoreDBDouble
+
+    with EventStoreDBDouble() as double:
+        env = {**os.environ, "EVENTSTORE_URI": double.uri, "EVENTSTORE_TIMEOUT": "5"}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "manage.py", "api", *args], cwd=ROOT, env=env,
+                capture_output=True, text=True, timeout=60,
+            )
+
+        created = cli("-a", "create", "-v", "100.00")
+        assert created.returncode == 0, created.stderr
+        payment_id = created.stdout.strip()
+        assert cli("-a", "authorize", "-i", payment_id, "-b", "Acme").returncode == 0
+        assert cli("-a", "settle", "-i", payment_id).returncode == 0
+        refused = cli("-a", "authorize", "-i", payment_id, "-b", "Acme")
+        assert refused.returncode == 1
+        assert "cannot authorize a payment that is settled" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+
+        store = EventStoreDBEventStore(double.uri)
+        try:
+            recorded = store.read_stream(f"payments-{payment_id}")
+        finally:
+            store.close()
+        assert [r.type for r in recorded] == [
+            "PaymentCreated", "PaymentAuthorized", "PaymentSettled"]
+        assert json.loads(recorded[0].data)["amount"] == "100.00"
+
+        double.stop()
+        down = cli("-a", "find", "-i", payment_id)
+        assert down.returncode == 1
+        assert "unavailable" in down.stderr
+        assert len(down.stderr.strip().splitlines()) == 1

@@ -38,19 +38,27 @@ from payments.eventstore.port import (
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    position    INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id    TEXT    NOT NULL UNIQUE,
+    position    INTEGER PRIMARY KEY,  -- max + 1: events are never deleted
+    event_id    BLOB    NOT NULL,
     stream      TEXT    NOT NULL,
     category    TEXT    NOT NULL,
     version     INTEGER NOT NULL,
     type        TEXT    NOT NULL,
     data        BLOB    NOT NULL,
     metadata    BLOB    NOT NULL,
-    recorded_at TEXT    NOT NULL,
+    recorded_at REAL    NOT NULL,  -- Unix time, seconds
     UNIQUE (stream, version)
 );
-CREATE INDEX IF NOT EXISTS events_by_category ON events (category, position);
 """
+_INSERT = (
+    "INSERT INTO events (event_id, stream, category, version, type, data, metadata, recorded_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_AFTER = (
+    "INSERT INTO events (event_id, stream, category, version, type, data, metadata, recorded_at)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
+    " (SELECT 1 FROM events WHERE stream = ? AND version = ?)"
+)
 
 _COLUMNS = "event_id, stream, type, data, metadata, version, position, recorded_at"
 
@@ -66,14 +74,14 @@ def _category(stream: str) -> str:
 def _recorded(row: tuple) -> RecordedEvent:
     event_id, stream, type_, data, metadata, version, position, recorded_at = row
     return RecordedEvent(
-        id=UUID(event_id),
+        id=UUID(bytes=event_id),
         stream=stream,
         type=type_,
         data=bytes(data),
         metadata=bytes(metadata),
         version=version,
         position=position,
-        recorded_at=datetime.fromisoformat(recorded_at),
+        recorded_at=datetime.fromtimestamp(recorded_at, UTC),
     )
 
 
@@ -88,6 +96,7 @@ class EmbeddedEventStore:
         self._closed = False
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._errors = _SqliteErrors(self)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -116,7 +125,7 @@ class EmbeddedEventStore:
         return connection
 
     def _guard(self) -> _SqliteErrors:
-        return _SqliteErrors(self)
+        return self._errors
 
     def _forget_connection(self) -> None:
         """Drop this thread's connection after an I/O error, so a retry reconnects."""
@@ -133,62 +142,75 @@ class EmbeddedEventStore:
     def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        """Append in one durable transaction, checking the version inside it."""
+        """Append in one durable transaction; the version check is part of the insert."""
         if not events:
             raise ValueError("nothing to append")
         with self._guard():
             connection = self._connection()
             connection.execute("BEGIN IMMEDIATE")
             try:
-                result = self._append_locked(connection, stream, events, expected_version)
+                result = self._insert(connection, stream, events, expected_version)
+                if result is None:
+                    result = self._replayed(connection, stream, events, expected_version)
+                    connection.execute("ROLLBACK")
+                else:
+                    connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 raise
-            connection.execute("COMMIT")
         with self._appended:
             self._appended.notify_all()
         return result
 
-    def _append_locked(
-        self,
+    @staticmethod
+    def _insert(
         connection: sqlite3.Connection,
         stream: str,
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion,
-    ) -> AppendResult:
-        row = connection.execute(
-            "SELECT max(version) FROM events WHERE stream = ?", (stream,)
-        ).fetchone()
-        current: int | None = row[0]
-        start = self._start_version(stream, current, expected_version)
-        replayed = self._replayed(connection, stream, events, expected_version, start)
-        if replayed is not None:
-            return replayed
-        if start != (0 if current is None else current + 1):
-            raise WrongExpectedVersion(stream, expected_version, current)
-        recorded_at = datetime.now(UTC).isoformat()
-        category = _category(stream)
-        connection.executemany(
-            "INSERT INTO events (event_id, stream, category, version, type, data, metadata,"
-            " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (str(e.id), stream, category, start + i, e.type, e.data, e.metadata, recorded_at)
-                for i, e in enumerate(events)
-            ],
-        )
-        position = connection.execute("SELECT last_insert_rowid()").fetchone()[0]
-        return AppendResult(version=start + len(events) - 1, position=position)
+    ) -> AppendResult | None:
+        """Insert if the expectation holds; None if it does not (or the ids exist).
 
-    @staticmethod
-    def _start_version(stream: str, current: int | None, expected: ExpectedVersion) -> int:
-        """The version the first new event gets if the expectation holds."""
-        if expected is StreamState.ANY:
-            return 0 if current is None else current + 1
-        if expected is StreamState.NO_STREAM:
-            return 0
-        if expected < 0:
-            raise ValueError(f"expected version {expected} is negative")
-        return expected + 1
+        The hot path is one statement per event: the unique (stream, version) and
+        event_id keys catch a stream that moved on or a retried event, and for an
+        exact expected version the first insert also requires that version to exist,
+        so a stream can never get a gap.
+        """
+        if expected_version is StreamState.ANY:
+            # No version to collide on: look for the first id in the stream instead.
+            known = connection.execute(
+                "SELECT 1 FROM events WHERE stream = ? AND event_id = ?",
+                (stream, events[0].id.bytes),
+            ).fetchone()
+            if known:
+                return None
+            row = connection.execute(
+                "SELECT max(version) FROM events WHERE stream = ?", (stream,)
+            ).fetchone()
+            start = 0 if row[0] is None else row[0] + 1
+        elif expected_version is StreamState.NO_STREAM:
+            start = 0
+        elif expected_version < 0:
+            raise ValueError(f"expected version {expected_version} is negative")
+        else:
+            start = expected_version + 1
+        recorded_at = time.time()
+        category = _category(stream)
+        cursor = connection.cursor()
+        try:
+            for offset, new in enumerate(events):
+                values = (new.id.bytes, stream, category, start + offset, new.type, new.data,
+                          new.metadata, recorded_at)
+                if offset == 0 and start > 0:
+                    cursor.execute(_INSERT_AFTER, (*values, stream, start - 1))
+                    if cursor.rowcount == 0:
+                        return None  # the version before ours does not exist yet
+                else:
+                    cursor.execute(_INSERT, values)
+        except sqlite3.IntegrityError:
+            return None
+        return AppendResult(version=start + len(events) - 1, position=cursor.lastrowid or 0)
 
     @staticmethod
     def _replayed(
@@ -196,31 +218,38 @@ class EmbeddedEventStore:
         stream: str,
         events: Sequence[NewEvent],
         expected_version: ExpectedVersion,
-        start: int,
-    ) -> AppendResult | None:
-        """The original result if these very events were appended at ``start`` already.
+    ) -> AppendResult:
+        """The original result if these very events are in the stream already.
 
-        That is how a client retries an append whose answer it never got. Ids that
-        exist anywhere else make the append a conflict, never a silent duplicate.
+        That is how a client retries an append whose answer it never got. Otherwise
+        the append is a conflict, never a silent duplicate.
         """
-        ids = [str(e.id) for e in events]
-        rows = connection.execute(
-            f"SELECT event_id, stream, version, position FROM events WHERE event_id IN"
-            f" ({','.join('?' * len(ids))})",
-            ids,
-        ).fetchall()
-        if not rows:
-            return None
-        found = {event_id: (s, v, p) for event_id, s, v, p in rows}
-        first = found.get(ids[0], (None, start, None))[1]
-        if expected_version is not StreamState.ANY:
-            first = start
-        if [found.get(i, (None, None, None))[:2] for i in ids] != [
-            (stream, first + n) for n in range(len(ids))
-        ]:
-            raise WrongExpectedVersion(stream, expected_version, None)
-        _, version, position = found[ids[-1]]
-        return AppendResult(version=version, position=position)
+        ids = [e.id.bytes for e in events]
+        found = {
+            event_id: (s, v, p)
+            for event_id, s, v, p in connection.execute(
+                f"SELECT event_id, stream, version, position FROM events WHERE event_id IN"
+                f" ({','.join('?' * len(ids))})",
+                ids,
+            )
+        }
+        if ids[0] in found:
+            _, first, _ = found[ids[0]]
+            in_order = [found.get(i, (None, None, None))[:2] for i in ids] == [
+                (stream, first + n) for n in range(len(ids))
+            ]
+            expected_first = (
+                first if expected_version is StreamState.ANY
+                else 0 if expected_version is StreamState.NO_STREAM
+                else expected_version + 1
+            )
+            if in_order and first == expected_first:
+                _, version, position = found[ids[-1]]
+                return AppendResult(version=version, position=position)
+        row = connection.execute(
+            "SELECT max(version) FROM events WHERE stream = ?", (stream,)
+        ).fetchone()
+        raise WrongExpectedVersion(stream, expected_version, row[0])
 
     def read_stream(self, stream: str) -> list[RecordedEvent]:
         with self._guard():
@@ -249,10 +278,12 @@ class EmbeddedEventStore:
 
     def head_position(self, *, category: str = "payments") -> int:
         with self._guard():
+            # Walks back from the newest event: stops at once when the category dominates.
             row = self._connection().execute(
-                "SELECT max(position) FROM events WHERE category = ?", (category,)
+                "SELECT position FROM events WHERE category = ? ORDER BY position DESC LIMIT 1",
+                (category,),
             ).fetchone()
-        return row[0] or 0
+        return row[0] if row else 0
 
     def close(self) -> None:
         self._closed = True

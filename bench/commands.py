@@ -1,0 +1,91 @@
+"""Command throughput on the embedded store, against SQLite's own durable ceiling.
+
+    .venv/bin/python bench/commands.py [--payments 2000] [--rounds 3]
+
+Runs create -> authorize -> settle for N payments, one after another, through the
+command service (each command: read the stream, decide, one durable append). In
+the same run it measures the ceiling: one durable (WAL, synchronous=FULL) one-row
+commit per command on a bare SQLite file in the same folder. It prints both rates
+and their ratio; the target is a ratio of at least 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
+os.environ.setdefault("SECRET_KEY", "bench-only")
+
+import django
+
+django.setup()
+
+from payments import services  # noqa: E402
+from payments.eventstore.embedded import EmbeddedEventStore  # noqa: E402
+
+
+def service_rate(folder: Path, payments: int) -> float:
+    """Commands per second through the service, sequentially."""
+    store = EmbeddedEventStore(folder / "events.sqlite3")
+    try:
+        started = time.perf_counter()
+        for _ in range(payments):
+            payment = services.create_payment(amount="100.00", currency="EUR", store=store)
+            services.authorize_payment(payment_id=payment.id, bank_name="Bench Bank", store=store)
+            services.settle_payment(payment_id=payment.id, store=store)
+        elapsed = time.perf_counter() - started
+    finally:
+        store.close()
+    return 3 * payments / elapsed
+
+
+def sqlite_ceiling_rate(folder: Path, commits: int) -> float:
+    """Durable one-row commits per second on a bare SQLite file: the floor of any append."""
+    connection = sqlite3.connect(folder / "ceiling.sqlite3", isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    body = b'{"payment_id":"00000000-0000-0000-0000-000000000000","amount":"100.00"}'
+    started = time.perf_counter()
+    for _ in range(commits):
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("INSERT INTO rows (body) VALUES (?)", (body,))
+        connection.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return commits / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payments", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="best of this many, interleaved")
+    args = parser.parse_args()
+    commands = 3 * args.payments
+    ceiling: list[float] = []
+    service: list[float] = []
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent / "var") as tmp:
+        # Interleave the rounds so that a burst of disk noise hits both sides alike.
+        for round_ in range(args.rounds):
+            folder = Path(tmp) / str(round_)
+            folder.mkdir()
+            ceiling.append(sqlite_ceiling_rate(folder, commands))
+            service.append(service_rate(folder, args.payments))
+    best_ceiling, best_service = max(ceiling), max(service)
+    print(f"commands per run:            {commands} ({args.payments} payments x 3)")
+    print(f"SQLite durable commit floor: {best_ceiling:8.0f} commits/s  (runs: "
+          + ", ".join(f"{r:.0f}" for r in ceiling) + ")")
+    print(f"command service:             {best_service:8.0f} commands/s (runs: "
+          + ", ".join(f"{r:.0f}" for r in service) + ")")
+    print(f"ratio service / ceiling:     {best_service / best_ceiling:8.2f}  (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""The EventStoreDB adapter against the protocol-level double (tests/esdb_double.py).
+
+These cover what the shared contract suite does not: the wire (BatchAppend, reads
+with deadlines, subscriptions over gRPC), error mapping, and a server that goes
+away and comes back. No Django, no real EventStoreDB.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from esdbclient.exceptions import WrongCurrentVersion
+
+from payments.eventstore.esdb import EventStoreDBEventStore
+from payments.eventstore.port import (
+    EventStoreUnavailable,
+    NewEvent,
+    StreamNotFound,
+    StreamState,
+    WrongExpectedVersion,
+)
+from tests.esdb_double import EventStoreDBDouble
+
+pytestmark = pytest.mark.timeout(30)
+
+DEADLINE = 1.0
+
+
+def event(type_: str = "PaymentInitiated", n: int = 0) -> NewEvent:
+    return NewEvent(type=type_, data=f'{{"n": {n}}}'.encode(), metadata=b'{"by": "test"}')
+
+
+@pytest.fixture
+def double() -> Iterator[EventStoreDBDouble]:
+    with EventStoreDBDouble() as server:
+        yield server
+
+
+@pytest.fixture
+def store(double: EventStoreDBDouble) -> Iterator[EventStoreDBEventStore]:
+    with EventStoreDBEventStore(double.uri, timeout=DEADLINE) as adapter:
+        yield adapter
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An esdb URI whose TCP port accepts connections but never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"esdb://127.0.0.1:{listener.getsockname()[1]}?Tls=false"
+    finally:
+        listener.close()
+
+
+def test_append_and_read_stream_round_trip(store, double):
+    first = store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+    batch = [event("PaymentAuthorised", 1), event("PaymentCaptured", 2)]
+    second = store.append("payments-1", batch, 0)
+
+    events = store.read_stream("payments-1")
+
+    assert [e.version for e in events] == [0, 1, 2]
+    assert [e.type for e in events] == ["PaymentInitiated", "PaymentAuthorised", "PaymentCaptured"]
+    assert [e.id for e in events[1:]] == [e.id for e in batch]
+    assert events[2].data == b'{"n": 2}'
+    assert events[2].metadata == b'{"by": "test"}'
+    assert {e.stream for e in events} == {"payments-1"}
+    assert all(e.recorded_at is not None for e in events)
+    assert events[0].position < events[1].position < events[2].position
+    assert (first.version, first.position) == (0, events[0].position)
+    assert (second.version, second.position) == (2, events[2].position)
+    # Lists go through BatchAppend, even a list of one.
+    assert double.calls["BatchAppend"] == 2
+    assert double.calls["Append"] == 0
+
+
+def test_missing_stream_is_not_found(store):
+    with pytest.raises(StreamNotFound):
+        store.read_stream("payments-nope")
+
+
+def test_wrong_expected_version_reports_the_actual_version(store):
+    store.append("payments-1", [event(n=0), event(n=1)], StreamState.NO_STREAM)
+
+    with pytest.raises(WrongExpectedVersion) as stale:
+        store.append("payments-1", [event(n=2)], 0)
+    with pytest.raises(WrongExpectedVersion) as exists:
+        store.append("payments-1", [event(n=2)], StreamState.NO_STREAM)
+    with pytest.raises(WrongExpectedVersion) as missing:
+        store.append("payments-2", [event()], 3)
+
+    assert (stale.value.stream, stale.value.expected, stale.value.actual) == ("payments-1", 0, 1)
+    assert isinstance(stale.value.__cause__, WrongCurrentVersion)
+    assert exists.value.actual == 1
+    assert missing.value.actual is None
+    assert len(store.read_stream("payments-1")) == 2
+
+
+@pytest.mark.parametrize("idempotent_position", [True, False], ids=["position", "no-position"])
+def test_repeated_append_returns_the_original_result(idempotent_position):
+    # no-position: servers that answer a repeat without a position make the adapter look it up.
+    with (
+        EventStoreDBDouble(idempotent_position=idempotent_position) as double,
+        EventStoreDBEventStore(double.uri, timeout=DEADLINE) as store,
+    ):
+        opening = [event(n=0), event(n=1)]
+        original = store.append("payments-1", opening, StreamState.NO_STREAM)
+        follow_up = [event(n=2)]
+        later = store.append("payments-1", follow_up, 1)
+        store.append("payments-1", [event(n=3)], 2)
+
+        assert store.append("payments-1", opening, StreamState.NO_STREAM) == original
+        assert store.append("payments-1", follow_up, 1) == later
+        assert len(store.read_stream("payments-1")) == 4
+
+
+def test_append_any_learns_the_version(store):
+    first = store.append("payments-1", [event(n=0)], StreamState.ANY)
+    batch = [event(n=1), event(n=2)]
+    second = store.append("payments-1", batch, StreamState.ANY)
+    store.append("payments-1", [event(n=3)], StreamState.ANY)
+
+    assert (first.version, second.version) == (0, 2)
+    assert store.append("payments-1", batch, StreamState.ANY) == second
+    assert second.position == store.read_stream("payments-1")[2].position
+
+
+def test_read_all_excludes_after_and_other_categories(store):
+    a = store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+    store.append("refunds-1", [event(n=1)], StreamState.NO_STREAM)
+    b = store.append("payments-2", [event(n=2)], StreamState.NO_STREAM)
+    c = store.append("payments-1", [event(n=3)], 0)
+
+    assert [e.position for e in store.read_all()] == [a.position, b.position, c.position]
+    assert [e.position for e in store.read_all(after=a.position)] == [b.position, c.position]
+    assert [e.position for e in store.read_all(after=a.position, limit=1)] == [b.position]
+    assert [e.position for e in store.read_all(limit=2)] == [a.position, b.position]
+    assert store.read_all(after=c.position) == []
+    assert [e.stream for e in store.read_all(category="refunds")] == ["refunds-1"]
+
+
+def test_head_position(store):
+    assert store.head_position() == 0
+    store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+    last = store.append("payments-2", [event(n=1)], StreamState.NO_STREAM)
+    store.append("refunds-1", [event(n=2)], StreamState.NO_STREAM)
+
+    assert store.head_position() == last.position
+
+
+def test_subscription_delivers_history_then_live_appends(store):
+    first = store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+    second = store.append("payments-1", [event(n=1)], 0)
+
+    with store.subscribe(after=first.position) as subscription:
+        history = subscription.get(timeout=5)
+        nothing = subscription.get(timeout=0.1)
+        store.append("refunds-1", [event(n=2)], StreamState.NO_STREAM)
+        live = store.append("payments-2", [event(n=3)], StreamState.NO_STREAM)
+        arrived = subscription.get(timeout=5)
+
+    assert history is not None
+    assert history.position == second.position
+    assert nothing is None
+    assert arrived is not None
+    assert (arrived.stream, arrived.position) == ("payments-2", live.position)
+
+
+def test_closed_subscription_stops_its_thread(store):
+    subscription = store.subscribe()
+    threads = {t for t in threading.enumerate() if t.name.startswith("esdb-subscription")}
+    assert threads
+
+    subscription.close()
+
+    assert subscription.get(timeout=0.1) is None
+    assert list(subscription) == []
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_stopped_server_gives_unavailable_not_a_hang(double):
+    uri = double.uri.replace("esdb://", "esdb://admin:s3cret@")
+    with EventStoreDBEventStore(uri, timeout=DEADLINE) as store:
+        store.append("payments-1", [event()], StreamState.NO_STREAM)
+        double.stop()
+
+        calls = {
+            "append": lambda: store.append("payments-1", [event()], 0),
+            "read_stream": lambda: store.read_stream("payments-1"),
+            "read_all": lambda: store.read_all(),
+            "head_position": lambda: store.head_position(),
+            "subscribe": lambda: store.subscribe(),
+        }
+        for name, call in calls.items():
+            with pytest.raises(EventStoreUnavailable) as unavailable:
+                call()
+            message = str(unavailable.value)
+            assert f"127.0.0.1:{double.port}" in message, name
+            assert "s3cret" not in message, name
+            assert "\n" not in message, name
+            assert unavailable.value.__cause__ is not None, name
+
+
+def test_live_subscription_surfaces_the_server_going_away(store, double):
+    store.append("payments-1", [event()], StreamState.NO_STREAM)
+    with store.subscribe() as subscription:
+        assert subscription.get(timeout=5) is not None
+        double.stop()
+
+        with pytest.raises(EventStoreUnavailable):
+            subscription.get(timeout=5)
+        with pytest.raises(EventStoreUnavailable):  # and it stays broken
+            subscription.get(timeout=0)
+
+
+def test_restarted_server_works_again_with_its_data(store, double):
+    first = store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+    double.stop()
+    with pytest.raises(EventStoreUnavailable):
+        store.read_all()
+    with pytest.raises(EventStoreUnavailable):
+        store.append("payments-1", [event(n=1)], 0)
+
+    double.restart()
+
+    assert [e.position for e in store.read_all()] == [first.position]
+    second = store.append("payments-1", [event(n=1)], 0)
+    with store.subscribe(after=first.position) as subscription:
+        arrived = subscription.get(timeout=5)
+    assert arrived is not None
+    assert arrived.position == second.position
+
+
+def test_discover_uri_gossips_and_maps_discovery_failure(double):
+    with EventStoreDBEventStore(double.discover_uri, timeout=DEADLINE) as store:
+        result = store.append("payments-1", [event()], StreamState.NO_STREAM)
+        assert store.head_position() == result.position
+
+    double.stop()
+    with (
+        EventStoreDBEventStore(double.discover_uri, timeout=DEADLINE) as store,
+        pytest.raises(EventStoreUnavailable, match="DiscoveryFailed"),
+    ):
+        store.head_position()
+
+
+def test_silent_server_hits_the_deadline(black_hole):
+    with EventStoreDBEventStore(black_hole, timeout=0.3) as store:
+        with pytest.raises(EventStoreUnavailable, match="DeadlineExceeded"):
+            store.read_all()
+        with pytest.raises(EventStoreUnavailable):
+            store.append("payments-1", [event()], StreamState.NO_STREAM)
+        with pytest.raises(EventStoreUnavailable, match="no subscription confirmation"):
+            store.subscribe()
+
+
+def test_construction_validates_the_uri_without_connecting():
+    with pytest.raises(ValueError, match="target"):
+        EventStoreDBEventStore("esdb://?Tls=false", timeout=DEADLINE)
+    # Nothing listens on port 1: constructing must not fail, only using it.
+    with EventStoreDBEventStore("esdb://u:p@127.0.0.1:1?Tls=false", timeout=DEADLINE) as store:
+        assert store.target == "127.0.0.1:1"
