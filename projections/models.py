@@ -1,0 +1,79 @@
+"""Read models built by the projections. Their field names are a contract: the
+admin, reports and SQL users read them. Only the projections write them."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from payments.domain import PaymentStatus
+
+MONEY = {"max_digits": 14, "decimal_places": 2}
+
+
+class PaymentView(models.Model):
+    """The latest state of each payment, as folded from its events."""
+
+    payment_id = models.UUIDField(primary_key=True)
+    status = models.CharField(max_length=20, choices=[(s.value, s.value) for s in PaymentStatus])
+    amount = models.DecimalField(**MONEY)
+    currency = models.CharField(max_length=3)
+    settled_amount = models.DecimalField(**MONEY)
+    refunded_amount = models.DecimalField(**MONEY)
+    bank_name = models.CharField(max_length=100, blank=True, default="")
+    decline_code = models.CharField(max_length=4, blank=True, default="")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    version = models.IntegerField(help_text="stream version of the last event applied")
+    position = models.BigIntegerField(help_text="store position of the last event applied")
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [
+            # The lists people filter: by status or bank, newest first.
+            models.Index(fields=["status", "-updated_at"], name="paymentview_status_updated"),
+            models.Index(fields=["bank_name", "-updated_at"], name="paymentview_bank_updated"),
+            models.Index(fields=["currency", "-updated_at"], name="paymentview_currency_updated"),
+            models.Index(fields=["-updated_at"], name="paymentview_updated"),
+            models.Index(fields=["-created_at"], name="paymentview_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.payment_id} {self.status} {self.amount} {self.currency}"
+
+
+class DeclineView(models.Model):
+    """Declines counted by decline code, bank and UTC date of the decline."""
+
+    decline_code = models.CharField(max_length=4)
+    bank_name = models.CharField(max_length=100)
+    date = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-date", "decline_code", "bank_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["decline_code", "bank_name", "date"], name="declineview_unique_key"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["-date"], name="declineview_date"),
+            models.Index(fields=["bank_name", "-date"], name="declineview_bank_date"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.decline_code} {self.bank_name}: {self.count}"
+
+
+class Checkpoint(models.Model):
+    """Where a projection is: the position of the last event it applied (the "ledger")."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    position = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.position}"

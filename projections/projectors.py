@@ -1,0 +1,187 @@
+"""Projectors: plain functions of a read model and an event, and the two projections
+that apply them to a batch of events inside the runner's transaction.
+
+The payment projector reuses the aggregate's own ``apply``: the read model cannot
+disagree with the write side about what an event means. The decline projector
+counts ``PaymentDeclined`` per (code, bank, UTC date) and ignores the rest.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date
+from typing import ClassVar, Protocol
+
+from payments.domain import HistoryError, Payment, PaymentStatus, apply
+from payments.events import PaymentDeclined, PaymentEvent
+from payments.eventstore import RecordedEvent
+from projections.models import DeclineView, PaymentView
+
+
+class ProjectionError(Exception):
+    """An event the projection cannot apply: the runner stops on it, loudly."""
+
+    def __init__(self, projection: str, record: RecordedEvent, reason: str) -> None:
+        self.projection = projection
+        self.record = record
+        super().__init__(
+            f"projection {projection!r} cannot apply the event at position {record.position}"
+            f" (stream {record.stream}, version {record.version}, type {record.type}):"
+            f" {reason}"
+        )
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A stored event with its decoded payload."""
+
+    record: RecordedEvent
+    event: PaymentEvent
+
+
+class Projection(Protocol):
+    """What the runner needs of a projection."""
+
+    name: ClassVar[str]
+
+    def apply(self, batch: list[Decoded]) -> None:
+        """Write the batch's effect; called inside the runner's transaction."""
+        ...
+
+    def clear(self) -> None:
+        """Delete everything this projection built (for a rebuild)."""
+        ...
+
+
+# --- the projectors -------------------------------------------------------------------
+
+
+def project_payment(view: Payment | None, event: PaymentEvent, version: int) -> Payment:
+    """The payment read model after ``event``: the aggregate's own fold step."""
+    return apply(view, event, version)
+
+
+DeclineKey = tuple[str, str, date]
+
+
+def count_decline(counts: Counter[DeclineKey], event: PaymentDeclined) -> None:
+    """One more decline for its code, bank and UTC date."""
+    counts[(event.decline_code, event.bank_name, event.occurred_at.astimezone(UTC).date())] += 1
+
+
+# --- conversions between the domain and the rows ---------------------------------------
+
+
+def payment_from_row(row: PaymentView) -> Payment:
+    return Payment(
+        id=row.payment_id,
+        status=PaymentStatus(row.status),
+        amount=row.amount,
+        currency=row.currency,
+        settled_amount=row.settled_amount,
+        refunded_amount=row.refunded_amount,
+        bank_name=row.bank_name or None,
+        decline_code=row.decline_code or None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        version=row.version,
+    )
+
+
+def row_from_payment(payment: Payment, position: int) -> PaymentView:
+    return PaymentView(
+        payment_id=payment.id,
+        status=payment.status.value,
+        amount=payment.amount,
+        currency=payment.currency,
+        settled_amount=payment.settled_amount,
+        refunded_amount=payment.refunded_amount,
+        bank_name=payment.bank_name or "",
+        decline_code=payment.decline_code or "",
+        created_at=payment.created_at,
+        updated_at=payment.updated_at,
+        version=payment.version,
+        position=position,
+    )
+
+
+_PAYMENT_FIELDS = [
+    "status", "amount", "currency", "settled_amount", "refunded_amount", "bank_name",
+    "decline_code", "created_at", "updated_at", "version", "position",
+]
+
+
+# --- the projections ------------------------------------------------------------------
+
+
+class PaymentProjection:
+    """PaymentView: every event of every payment, one upsert per payment per batch."""
+
+    name: ClassVar[str] = "payment"
+
+    def apply(self, batch: list[Decoded]) -> None:
+        ids = {d.event.payment_id for d in batch}
+        known = {
+            row.payment_id: (payment_from_row(row), row.position)
+            for row in PaymentView.objects.filter(payment_id__in=ids)
+        }
+        for item in batch:
+            current, position = known.get(item.event.payment_id, (None, 0))
+            if item.record.position <= position:
+                continue  # already in the row (only after a manual checkpoint move)
+            try:
+                payment = project_payment(current, item.event, item.record.version)
+            except HistoryError as e:
+                raise ProjectionError(self.name, item.record, str(e)) from e
+            known[payment.id] = (payment, item.record.position)
+        rows = [row_from_payment(p, pos) for p, pos in known.values()]
+        PaymentView.objects.bulk_create(
+            rows, batch_size=500, update_conflicts=True, unique_fields=["payment_id"],
+            update_fields=_PAYMENT_FIELDS,
+        )
+
+    def clear(self) -> None:
+        PaymentView.objects.all().delete()
+
+
+class DeclineProjection:
+    """DeclineView: declines counted by code, bank and date; increments per batch."""
+
+    name: ClassVar[str] = "decline"
+
+    def apply(self, batch: list[Decoded]) -> None:
+        counts: Counter[DeclineKey] = Counter()
+        for item in batch:
+            if isinstance(item.event, PaymentDeclined):
+                count_decline(counts, item.event)
+        if not counts:
+            return
+        # A superset by each column (few distinct values), narrowed here: no long OR chain.
+        codes, banks, days = (set(column) for column in zip(*counts, strict=True))
+        existing = {
+            (r.decline_code, r.bank_name, r.date): r
+            for r in DeclineView.objects.filter(
+                decline_code__in=codes, bank_name__in=banks, date__in=days
+            )
+            if (r.decline_code, r.bank_name, r.date) in counts
+        }
+        new = []
+        for key, added in counts.items():
+            row = existing.get(key)
+            if row is None:
+                new.append(DeclineView(decline_code=key[0], bank_name=key[1], date=key[2],
+                                       count=added))
+            else:
+                row.count += added
+        DeclineView.objects.bulk_update(existing.values(), ["count"], batch_size=500)
+        DeclineView.objects.bulk_create(new, batch_size=500)
+
+    def clear(self) -> None:
+        DeclineView.objects.all().delete()
+
+
+PROJECTIONS: dict[str, type[PaymentProjection] | type[DeclineProjection]] = {
+    PaymentProjection.name: PaymentProjection,
+    DeclineProjection.name: DeclineProjection,
+}

@@ -1,0 +1,178 @@
+"""The projection runner: follows the event store and keeps a read model current.
+
+Exactly once: a batch of events and the checkpoint that says "applied up to here"
+are written in ONE database transaction. A crash before the commit loses the
+batch and its checkpoint together (the next run re-reads it); a crash after it
+loses nothing. The checkpoint moves only from the position this runner read, so a
+second runner that somehow got past the lock fails its commit instead of counting
+twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.db import transaction
+
+from payments.events import EventDecodeError, decode_event
+from payments.eventstore import EventStore, EventStoreUnavailable, RecordedEvent, Subscription
+from projections.locks import single_runner
+from projections.models import Checkpoint
+from projections.projectors import Decoded, Projection, ProjectionError
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+class CheckpointMoved(Exception):
+    """Another runner moved the checkpoint under us: stop rather than double count."""
+
+
+@dataclass
+class Progress:
+    """What a runner has done so far; the command shows it as a bar or log lines."""
+
+    applied: int = 0
+    start: int = 0  # the checkpoint the run began at
+    position: int = 0
+    head: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def checkpoint_position(name: str) -> int:
+    """The position of the last event the projection applied (0: none yet)."""
+    checkpoint, _ = Checkpoint.objects.get_or_create(name=name)
+    return checkpoint.position
+
+
+def reset_projection(projection: Projection) -> None:
+    """Delete the read model and its checkpoint together, for a rebuild from the start."""
+    with transaction.atomic():
+        projection.clear()
+        Checkpoint.objects.update_or_create(name=projection.name, defaults={"position": 0})
+
+
+class ProjectionRunner:
+    """Runs one projection: catch up from its checkpoint, then follow live appends."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        store: EventStore,
+        *,
+        batch_size: int = 1000,
+        max_batch_seconds: float = 0.2,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.projection = projection
+        self.store = store
+        self.batch_size = batch_size
+        self.max_batch_seconds = max_batch_seconds
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.progress = Progress()
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    def run(self, *, once: bool = False) -> None:
+        """Hold the projection's lock and run until caught up (``once``) or stopped."""
+        with single_runner(self.name, stop=self.stop) as acquired:
+            if not acquired:
+                return  # stopped while waiting for the other runner
+            self._run_with_retries(once=once)
+
+    def _run_with_retries(self, *, once: bool) -> None:
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self._follow(once=once)
+                return
+            except EventStoreUnavailable as e:
+                logger.warning(
+                    "projection %s: event store unavailable (%s); retrying in %.1f s from"
+                    " the checkpoint", self.name, e, backoff,
+                )
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _follow(self, *, once: bool) -> None:
+        position = checkpoint_position(self.name)
+        head = self.store.head_position()
+        if self.progress.applied == 0:
+            self.progress.start = position
+        self.progress.position = position
+        self.progress.head = head
+        if once and position >= head:
+            return
+        logger.info("projection %s: following from position %d", self.name, position)
+        with self.store.subscribe(after=position) as subscription:
+            while not self.stop.is_set():
+                batch = self._collect(subscription)
+                if batch:
+                    position = self._commit(batch, position)
+                if once and position >= head:
+                    return
+
+    def _collect(self, subscription: Subscription) -> list[RecordedEvent]:
+        """Up to ``batch_size`` events: whatever is there now, within the time bound.
+
+        It waits only for the first event; then it takes what has arrived, so a
+        lone live event is committed at once and a catch-up fills whole batches.
+        """
+        first = subscription.get(timeout=0.25)
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.max_batch_seconds
+        while len(batch) < self.batch_size and time.monotonic() < deadline:
+            following = subscription.get(timeout=0)
+            if following is None:
+                break
+            batch.append(following)
+        return batch
+
+    def _commit(self, batch: list[RecordedEvent], position: int) -> int:
+        """Apply the batch and move the checkpoint in one transaction; the new position."""
+        started = time.perf_counter()
+        decoded: list[Decoded] = []
+        poison: ProjectionError | None = None
+        for record in batch:
+            try:
+                decoded.append(Decoded(record, decode_event(record.type, record.data,
+                                                            record.metadata)))
+            except EventDecodeError as e:
+                poison = ProjectionError(self.name, record, str(e))
+                break
+        if decoded:
+            new_position = decoded[-1].record.position
+            with transaction.atomic():
+                self.projection.apply(decoded)
+                moved = Checkpoint.objects.filter(name=self.name, position=position).update(
+                    position=new_position
+                )
+                if moved != 1:
+                    raise CheckpointMoved(
+                        f"projection {self.name!r}: the checkpoint is no longer at {position};"
+                        " is another runner active?"
+                    )
+            position = new_position
+            self.progress.applied += len(decoded)
+            self.progress.position = position
+            logger.info(
+                "projection %s: applied %d events, positions %d..%d, in %.1f ms", self.name,
+                len(decoded), decoded[0].record.position, position,
+                (time.perf_counter() - started) * 1000,
+            )
+            if self.on_progress is not None:
+                self.on_progress(self.progress)
+        if poison is not None:
+            raise poison
+        return position
