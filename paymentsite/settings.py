@@ -61,6 +61,18 @@ TEMPLATES = [
 WSGI_APPLICATION = "paymentsite.wsgi.application"
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL: the admin reads while a projection runner writes. IMMEDIATE: a writer takes
+    # the lock when its transaction starts, so two writers queue instead of deadlocking.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
+    # Tests run runners in threads and subprocesses: they need a real file, not memory.
+    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / "test-db.sqlite3"))
 
 # The event store: `sqlite:///path` for the embedded store (the default), or
 # `esdb://host:2113?Tls=false` / `esdb+discover://…` for EventStoreDB.

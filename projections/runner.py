@@ -82,11 +82,18 @@ class ProjectionRunner:
     def name(self) -> str:
         return self.projection.name
 
-    def run(self, *, once: bool = False) -> None:
-        """Hold the projection's lock and run until caught up (``once``) or stopped."""
+    def run(self, *, once: bool = False, reset: bool = False) -> None:
+        """Hold the projection's lock and run until caught up (``once``) or stopped.
+
+        ``reset`` clears the read model and checkpoint first, under the same lock, so
+        a rebuild never races a runner that is still applying events.
+        """
         with single_runner(self.name, stop=self.stop) as acquired:
             if not acquired:
                 return  # stopped while waiting for the other runner
+            if reset:
+                reset_projection(self.projection)
+                logger.info("projection %s: read model and checkpoint cleared", self.name)
             self._run_with_retries(once=once)
 
     def _run_with_retries(self, *, once: bool) -> None:

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from payments.eventstore import EventStoreError, get_event_store
 from projections.projectors import PROJECTIONS, ProjectionError
-from projections.runner import CheckpointMoved, Progress, ProjectionRunner, reset_projection
+from projections.runner import CheckpointMoved, Progress, ProjectionRunner
 
 LOG_EVERY_SECONDS = 5.0
 
@@ -40,19 +40,22 @@ class Command(BaseCommand):
         logging.getLogger("projections").setLevel(logging.INFO)
         names = list(PROJECTIONS) if options["projection"] == "all" else [options["projection"]]
         stop = threading.Event()
-        _stop_on_signals(stop)
+        previous = _stop_on_signals(stop)
+        try:
+            self._run(names, options, stop)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self, names: list[str], options: dict[str, Any], stop: threading.Event) -> None:
         store = get_event_store()
         runners = []
         for name in names:
-            projection = PROJECTIONS[name]()
-            if options["reset"]:
-                reset_projection(projection)
-                self.stdout.write(f"{name}: read model and checkpoint cleared; rebuilding")
             runners.append(ProjectionRunner(
-                projection, store, batch_size=options["batch_size"], stop=stop,
+                PROJECTIONS[name](), store, batch_size=options["batch_size"], stop=stop,
                 on_progress=_reporter(name, self.stdout, show_bar=options["reset"]),
             ))
-        failures = _run_all(runners, once=options["once"], stop=stop)
+        failures = _run_all(runners, once=options["once"], reset=options["reset"], stop=stop)
         if options["reset"] and self.stdout.isatty():
             self.stdout.write("")  # end the progress bar's line
         for runner in runners:
@@ -64,7 +67,9 @@ class Command(BaseCommand):
             raise CommandError("; ".join(failures))
 
 
-def _run_all(runners: list[ProjectionRunner], *, once: bool, stop: threading.Event) -> list[str]:
+def _run_all(
+    runners: list[ProjectionRunner], *, once: bool, reset: bool, stop: threading.Event
+) -> list[str]:
     """Run each projection in a thread of its own; a failure stops them all."""
     failures: list[str] = []
 
@@ -72,7 +77,7 @@ def _run_all(runners: list[ProjectionRunner], *, once: bool, stop: threading.Eve
         from django.db import connection
 
         try:
-            runner.run(once=once)
+            runner.run(once=once, reset=reset)
         except (ProjectionError, CheckpointMoved, EventStoreError) as e:
             failures.append(str(e))
             stop.set()
@@ -92,14 +97,13 @@ def _run_all(runners: list[ProjectionRunner], *, once: bool, stop: threading.Eve
     return failures
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGINT/SIGTERM: finish (or roll back) the batch in hand, commit, exit 0."""
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM: finish the batch in hand, commit, exit 0. Returns the old handlers."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _reporter(name: str, stdout: OutputWrapper, *, show_bar: bool) -> Any:

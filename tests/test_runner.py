@@ -1,0 +1,134 @@
+"""The projection runner in this process: catch-up then live, --once, --reset, poison."""
+
+from __future__ import annotations
+
+import threading
+from io import StringIO
+from uuid import uuid4
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from payments import services
+from payments.events import stream_name
+from payments.eventstore import NewEvent, StreamState, get_event_store
+from projections.models import Checkpoint, DeclineView, PaymentView
+from projections.projectors import PaymentProjection
+from projections.runner import Progress, ProjectionRunner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def snapshot() -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """Everything the projections wrote, in a comparable form."""
+    payments = sorted(PaymentView.objects.values_list(
+        "payment_id", "status", "amount", "currency", "settled_amount", "refunded_amount",
+        "bank_name", "decline_code", "created_at", "updated_at", "version", "position"))
+    declines = sorted(DeclineView.objects.values_list("decline_code", "bank_name", "date", "count"))
+    checkpoints = sorted(Checkpoint.objects.values_list("name", "position"))
+    return payments, declines, checkpoints
+
+
+def some_payments(n: int = 3) -> list:
+    made = []
+    for i in range(n):
+        payment = services.create_payment(amount=f"{10 + i}.00")
+        services.authorize_payment(payment_id=payment.id, bank_name=f"Bank {i % 2}")
+        if i % 3 == 2:
+            made.append(services.decline_payment(payment_id=payment.id, bank_name="Bank 9",
+                                                 decline_code="05"))
+        else:
+            made.append(services.settle_payment(payment_id=payment.id))
+    return made
+
+
+def run_projection(*args: str) -> str:
+    out = StringIO()
+    call_command("run_projection", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_the_runner_catches_up_then_follows_live_appends() -> None:
+    some_payments(3)
+    store = get_event_store()
+    reached = threading.Condition()
+    stop = threading.Event()
+
+    def on_progress(progress: Progress) -> None:
+        with reached:
+            reached.notify_all()
+
+    runner = ProjectionRunner(PaymentProjection(), store, stop=stop, on_progress=on_progress)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        with reached:
+            assert reached.wait_for(lambda: runner.progress.position >= store.head_position(),
+                                    timeout=10)
+        assert PaymentView.objects.count() == 3
+        live = services.create_payment(amount="77.00")
+        with reached:
+            assert reached.wait_for(lambda: runner.progress.position >= store.head_position(),
+                                    timeout=10)
+        assert PaymentView.objects.get(payment_id=live.id).amount == live.amount
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert Checkpoint.objects.get(name="payment").position == store.head_position()
+
+
+def test_once_catches_up_and_exits() -> None:
+    made = some_payments(6)
+    output = run_projection("all", "--once")
+    assert "payment: applied 18 events" in output
+    for payment in made:
+        row = PaymentView.objects.get(payment_id=payment.id)
+        assert (row.status, row.settled_amount, row.version) == (
+            payment.status, payment.settled_amount, payment.version)
+    assert list(DeclineView.objects.values_list("decline_code", "bank_name", "count")) == [
+        ("05", "Bank 9", 2)]
+    assert "applied 0 events" in run_projection("decline", "--once")
+
+
+def test_a_reset_rebuild_equals_the_incremental_build() -> None:
+    for _ in range(3):
+        some_payments(4)
+        run_projection("all", "--once", "--batch-size", "5")
+    incremental = snapshot()
+    output = run_projection("all", "--reset", "--once", "--batch-size", "7")
+    assert "applied 36 events" in output
+    assert snapshot() == incremental
+
+
+def test_a_poison_event_stops_the_runner_naming_it() -> None:
+    some_payments(1)
+    store = get_event_store()
+    good_head = store.head_position()
+    bad_stream = stream_name(uuid4())
+    store.append(bad_stream, [NewEvent(type="PaymentVoided", data=b"{}")], StreamState.NO_STREAM)
+    services.create_payment(amount="1.00")  # after the poison: must not be applied
+    with pytest.raises(CommandError) as stopped:
+        run_projection("payment", "--once")
+    message = str(stopped.value)
+    assert "projection 'payment'" in message
+    assert f"position {good_head + 1}" in message
+    assert bad_stream in message
+    assert "PaymentVoided" in message
+    # Everything before the poison is applied and checkpointed; nothing after it.
+    assert Checkpoint.objects.get(name="payment").position == good_head
+    assert PaymentView.objects.count() == 1
+
+
+def test_bad_data_in_a_known_event_type_is_poison_too() -> None:
+    store = get_event_store()
+    store.append(stream_name(uuid4()), [NewEvent(type="PaymentCreated", data=b'{"amount": 1}')],
+                 StreamState.NO_STREAM)
+    with pytest.raises(CommandError, match="type PaymentCreated"):
+        run_projection("decline", "--once")
+    assert Checkpoint.objects.get(name="decline").position == 0
+
+
+def test_batch_size_must_be_positive() -> None:
+    with pytest.raises(CommandError, match="at least 1"):
+        run_projection("all", "--once", "--batch-size", "0")
