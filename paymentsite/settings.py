@@ -4,6 +4,7 @@ Defaults give a working local setup with no service running: SQLite for the read
 models in `var/db.sqlite3` and the embedded event store in `var/events.sqlite3`.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -71,8 +72,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
-    # Tests run runners in threads and subprocesses: they need a real file, not memory.
-    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / "test-db.sqlite3"))
+    # Tests run runners in threads: they need a real file, not memory (one per test run).
+    DATABASES["default"].setdefault("TEST", {}).setdefault(
+        "NAME", str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")
+    )
 
 # The event store: `sqlite:///path` for the embedded store (the default), or
 # `esdb://host:2113?Tls=false` / `esdb+discover://…` for EventStoreDB.

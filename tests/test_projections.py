@@ -99,7 +99,8 @@ def test_decline_projector_counts_by_code_bank_and_utc_date() -> None:
     projection = DeclineProjection()
     projection.apply(history.items[:3])
     projection.apply(history.items[3:])
-    assert sorted(DeclineView.objects.values_list("decline_code", "bank_name", "date", "count")) == [
+    rows = DeclineView.objects.values_list("decline_code", "bank_name", "date", "count")
+    assert sorted(rows) == [
         ("05", "Bank", T0.date(), 1),
         ("05", "Bank", (T0 + timedelta(days=1)).date(), 1),
         ("51", "Bank", T0.date(), 1),

@@ -97,12 +97,9 @@ class EmbeddedEventStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._errors = _SqliteErrors(self)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EventStoreUnavailable(f"cannot create {self.path.parent}: {e}") from e
-        with self._guard():
-            self._connection().executescript(SCHEMA)
+        self._schema_ready = False
+        # Nothing touches the file yet: a store that is down now may be up by first use,
+        # and that first use reports it as EventStoreUnavailable like any later call.
 
     # --- connections ------------------------------------------------------------
 
@@ -112,13 +109,26 @@ class EmbeddedEventStore:
         if connection is None:
             if self._closed:
                 raise EventStoreUnavailable("the event store is closed")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EventStoreUnavailable(
+                    f"embedded event store {self.path} is unavailable: {e}"
+                ) from e
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
             connection = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None,
                 check_same_thread=False,
             )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                if not self._schema_ready:
+                    connection.executescript(SCHEMA)
+                    self._schema_ready = True
+            except sqlite3.Error:
+                connection.close()
+                raise
             self._local.connection = connection
             with self._connections_lock:
                 self._connections.append(connection)

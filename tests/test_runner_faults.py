@@ -1,0 +1,269 @@
+"""The runner under faults, as real processes: SIGKILL mid catch-up, two runners at
+once, SIGTERM, and the event store going away and coming back.
+
+Each test builds its own database and event store files and runs ``manage.py`` in
+subprocesses against them; the results are read straight from the SQLite files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from payments import services
+from payments.eventstore.embedded import EmbeddedEventStore
+from payments.eventstore.esdb import EventStoreDBEventStore
+from projections.models import DeclineView
+from projections.projectors import DeclineProjection
+from projections.runner import Progress, ProjectionRunner
+from tests.esdb_double import EventStoreDBDouble
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Site:
+    """A database and an event store of one test's own, driven through manage.py."""
+
+    database: Path
+    events: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{self.database}",
+            "EVENTSTORE_URI": f"sqlite:///{self.events}",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def manage(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+
+    def snapshot(self) -> dict[str, list[tuple]]:
+        connection = sqlite3.connect(self.database)
+        try:
+            return {
+                table: connection.execute(f"SELECT {columns} FROM {table} ORDER BY 1, 2, 3")
+                .fetchall()
+                for table, columns in {
+                    "projections_paymentview": "payment_id, status, amount, settled_amount,"
+                    " refunded_amount, bank_name, decline_code, created_at, updated_at,"
+                    " version, position",
+                    "projections_declineview": "decline_code, bank_name, date, count",
+                    "projections_checkpoint": "name, position, 0",
+                }.items()
+            }
+        finally:
+            connection.close()
+
+
+def make_site(folder: Path) -> Site:
+    folder.mkdir(parents=True, exist_ok=True)
+    site = Site(database=folder / "db.sqlite3", events=folder / "events.sqlite3")
+    migrated = site.manage("migrate", "--verbosity", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    return site
+
+
+def write_payments(events: Path, count: int) -> int:
+    """``count`` payments with a realistic mix of outcomes; returns the declines."""
+    store = EmbeddedEventStore(events)
+    declines = 0
+    try:
+        for n in range(count):
+            payment = services.create_payment(amount="100.00", currency="EUR", store=store)
+            if n % 7 == 3:
+                services.decline_payment(payment_id=payment.id, bank_name=f"Bank {n % 3}",
+                                         decline_code=("05", "51", "N7")[n % 3], store=store)
+                declines += 1
+                continue
+            services.authorize_payment(payment_id=payment.id, bank_name=f"Bank {n % 3}",
+                                       store=store)
+            if n % 5:
+                services.settle_payment(payment_id=payment.id, store=store)
+                if n % 11 == 1:
+                    services.refund_payment(payment_id=payment.id, amount="10.00", store=store)
+    finally:
+        store.close()
+    return declines
+
+
+def lines_until(process: subprocess.Popen[str], needle: str, times: int) -> Iterator[str]:
+    """Read the runner's log until ``needle`` has appeared ``times`` times."""
+    seen = 0
+    assert process.stderr is not None
+    for line in process.stderr:
+        yield line
+        if needle in line:
+            seen += 1
+            if seen == times:
+                return
+    raise AssertionError(f"the runner ended before {times} x {needle!r}")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path / "site")
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_at_any_point_of_a_catch_up_loses_and_repeats_nothing(
+    site: Site, tmp_path: Path
+) -> None:
+    declines = write_payments(site.events, 1500)
+    for kill_after in (1, 4, 9, 16, 25):
+        runner = site.start("run_projection", "all", "--batch-size", "40")
+        try:
+            for _ in lines_until(runner, "applied", kill_after):
+                pass
+        finally:
+            runner.send_signal(signal.SIGKILL)
+            runner.wait(30)
+        assert runner.returncode == -signal.SIGKILL
+    finished = site.manage("run_projection", "all", "--once")
+    assert finished.returncode == 0, finished.stderr
+
+    reference = make_site(tmp_path / "reference")
+    reference.events.unlink(missing_ok=True)
+    os.link(site.events, reference.events)
+    rebuilt = reference.manage("run_projection", "all", "--once", "--batch-size", "1000")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert site.snapshot() == reference.snapshot()
+    counted = sqlite3.connect(site.database).execute(
+        "SELECT sum(count) FROM projections_declineview").fetchone()[0]
+    assert counted == declines
+
+
+@pytest.mark.timeout(300)
+def test_two_runners_of_one_projection_started_together_count_exactly(site: Site) -> None:
+    declines = write_payments(site.events, 800)
+    first = site.start("run_projection", "decline", "--once", "--batch-size", "10")
+    second = site.start("run_projection", "decline", "--once", "--batch-size", "10")
+    outputs = [p.communicate(timeout=120) for p in (first, second)]
+    assert (first.returncode, second.returncode) == (0, 0), outputs
+    counted = sqlite3.connect(site.database).execute(
+        "SELECT sum(count) FROM projections_declineview").fetchone()[0]
+    assert counted == declines
+    logs = "".join(err for _, err in outputs)
+    assert "another runner is active" in logs or "applied 0 events" in "".join(
+        out for out, _ in outputs)
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_commits_the_batch_in_hand_and_exits_zero(site: Site) -> None:
+    write_payments(site.events, 300)
+    runner = site.start("run_projection", "all", "--batch-size", "25")
+    for _ in lines_until(runner, "applied", 3):
+        pass
+    runner.send_signal(signal.SIGTERM)
+    stdout, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0
+    checkpoints = dict(sqlite3.connect(site.database).execute(
+        "SELECT name, position FROM projections_checkpoint").fetchall())
+    for name in ("payment", "decline"):
+        assert f"{name}: applied" in stdout
+        assert f"checkpoint at {checkpoints[name]}" in stdout
+    # The rest is picked up from those checkpoints by the next run.
+    assert site.manage("run_projection", "all", "--once").returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_embedded_store_unavailable_then_back(site: Site, tmp_path: Path) -> None:
+    """The store's folder is a plain file, so the store cannot be opened; then it is back."""
+    write_payments(site.events, 50)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    env_events = blocked / "events.sqlite3"
+    runner = subprocess.Popen(
+        [sys.executable, "manage.py", "run_projection", "payment", "--once"], cwd=ROOT,
+        env={**site.env, "EVENTSTORE_URI": f"sqlite:///{env_events}"}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    for _ in lines_until(runner, "event store unavailable", 2):
+        pass
+    blocked.unlink()
+    blocked.mkdir()
+    os.link(site.events, env_events)
+    stdout, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0
+    head = EmbeddedEventStore(site.events).head_position()
+    assert f"checkpoint at {head}" in stdout
+    rows = sqlite3.connect(site.database).execute(
+        "SELECT count(*) FROM projections_paymentview").fetchone()[0]
+    assert rows == 50
+
+
+class _Seen(logging.Handler):
+    """Sets an event when a log record mentions ``needle``."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.event.set()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.django_db(transaction=True)
+def test_eventstoredb_unavailable_then_back_loses_nothing() -> None:
+    with EventStoreDBDouble() as double:
+        store = EventStoreDBEventStore(double.uri, timeout=1.0)
+        caught_up = threading.Condition()
+        stop = threading.Event()
+
+        def on_progress(progress: Progress) -> None:
+            with caught_up:
+                caught_up.notify_all()
+
+        def decline(n: int) -> None:
+            for _ in range(n):
+                payment = services.create_payment(amount="5.00", currency="EUR", store=store)
+                services.decline_payment(payment_id=payment.id, bank_name="Bank",
+                                         decline_code="05", store=store)
+
+        runner = ProjectionRunner(DeclineProjection(), store, stop=stop, on_progress=on_progress)
+        seen = _Seen("event store unavailable")
+        logging.getLogger("projections.runner").addHandler(seen)
+        thread = threading.Thread(target=runner.run)
+        thread.start()
+        try:
+            decline(5)
+            with caught_up:
+                assert caught_up.wait_for(lambda: runner.progress.applied == 10, timeout=20)
+            double.stop()
+            assert seen.event.wait(20), "the runner never noticed the store was gone"
+            double.restart()
+            decline(7)
+            with caught_up:
+                assert caught_up.wait_for(lambda: runner.progress.position
+                                          >= store.head_position(), timeout=30)
+        finally:
+            stop.set()
+            thread.join(30)
+            logging.getLogger("projections.runner").removeHandler(seen)
+            store.close()
+        assert not thread.is_alive()
+        assert list(DeclineView.objects.values_list("decline_code", "count")) == [("05", 12)]
