@@ -145,35 +145,62 @@ def decode_metadata(metadata: bytes) -> dict[str, Any]:
     return document
 
 
+def _schema_version(metadata: bytes) -> object:
+    """The metadata's schema version; the JSON is parsed only when not our own form."""
+    if metadata.endswith(_CURRENT_VERSION_SUFFIX):  # what encode_metadata writes
+        return SCHEMA_VERSION
+    return decode_metadata(metadata).get("schemaVersion", SCHEMA_VERSION)
+
+
+_CURRENT_VERSION_SUFFIX = f'"schemaVersion":{SCHEMA_VERSION}}}'.encode()
+
+
 def decode_event(type_name: str, data: bytes, metadata: bytes = b"") -> PaymentEvent:
     """Parse stored JSON back into an event, checking every field's type."""
     cls = EVENT_TYPES.get(type_name)
     if cls is None:
         raise EventDecodeError(f"unknown event type {type_name!r}")
-    version = decode_metadata(metadata).get("schemaVersion", SCHEMA_VERSION)
+    version = _schema_version(metadata)
     if version != SCHEMA_VERSION:
         raise EventDecodeError(f"{type_name} schema version {version!r} is not supported")
     try:
         document = json.loads(data)
-        kwargs = {f.name: _from_json_value(f.type, document[f.name]) for f in fields(cls)}
+        if not isinstance(document, dict):
+            raise TypeError("data is not a JSON object")
+        return cls(**{name: parse(document[name]) for name, parse in _parsers(cls)})
     except (ValueError, KeyError, TypeError, ArithmeticError) as e:
         raise EventDecodeError(f"bad {type_name} data: {e!r}") from None
-    return cls(**kwargs)
 
 
-def _from_json_value(annotation: object, value: object) -> object:
+def _parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
-    if annotation == "UUID":
-        return UUID(value)
-    if annotation == "Decimal":
-        amount = Decimal(value)
-        if not amount.is_finite():
-            raise ValueError(f"{value!r} is not a finite amount")
-        return amount
-    if annotation == "datetime":
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            raise ValueError(f"{value!r} has no time zone")
-        return moment.astimezone(UTC)
     return value
+
+
+def _parse_uuid(value: object) -> UUID:
+    return UUID(_parse_str(value))
+
+
+def _parse_decimal(value: object) -> Decimal:
+    amount = Decimal(_parse_str(value))
+    if not amount.is_finite():
+        raise ValueError(f"{value!r} is not a finite amount")
+    return amount
+
+
+def _parse_datetime(value: object) -> datetime:
+    moment = datetime.fromisoformat(_parse_str(value))
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return moment.astimezone(UTC)
+
+
+_PARSERS = {"UUID": _parse_uuid, "Decimal": _parse_decimal, "datetime": _parse_datetime,
+            "str": _parse_str}
+
+
+@cache
+def _parsers(cls: type[PaymentEvent]) -> tuple[tuple[str, Any], ...]:
+    """Each field's name and parser, worked out once per event class."""
+    return tuple((f.name, _PARSERS[str(f.type)]) for f in fields(cls))

@@ -14,7 +14,7 @@ from datetime import UTC, date
 from typing import ClassVar, Protocol
 
 from payments.domain import HistoryError, Payment, PaymentStatus, apply
-from payments.events import PaymentDeclined, PaymentEvent
+from payments.events import EVENT_TYPES, PaymentDeclined, PaymentEvent
 from payments.eventstore import RecordedEvent
 from projections.models import DeclineView, PaymentView
 
@@ -44,6 +44,7 @@ class Projection(Protocol):
     """What the runner needs of a projection."""
 
     name: ClassVar[str]
+    handles: ClassVar[frozenset[str]]  # the event types it decodes; others pass by
 
     def apply(self, batch: list[Decoded]) -> None:
         """Write the batch's effect; called inside the runner's transaction."""
@@ -119,6 +120,7 @@ class PaymentProjection:
     """PaymentView: every event of every payment, one upsert per payment per batch."""
 
     name: ClassVar[str] = "payment"
+    handles: ClassVar[frozenset[str]] = frozenset(EVENT_TYPES)
 
     def apply(self, batch: list[Decoded]) -> None:
         ids = {d.event.payment_id for d in batch}
@@ -149,6 +151,7 @@ class DeclineProjection:
     """DeclineView: declines counted by code, bank and date; increments per batch."""
 
     name: ClassVar[str] = "decline"
+    handles: ClassVar[frozenset[str]] = frozenset({PaymentDeclined.type_name})
 
     def apply(self, batch: list[Decoded]) -> None:
         counts: Counter[DeclineKey] = Counter()

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
+from django.utils import timezone
 
-from payments.events import EventDecodeError, decode_event
+from payments.events import EVENT_TYPES, EventDecodeError, decode_event
 from payments.eventstore import EventStore, EventStoreUnavailable, RecordedEvent, Subscription
 from projections.locks import single_runner
 from projections.models import Checkpoint
@@ -147,39 +148,49 @@ class ProjectionRunner:
         return batch
 
     def _commit(self, batch: list[RecordedEvent], position: int) -> int:
-        """Apply the batch and move the checkpoint in one transaction; the new position."""
+        """Apply the batch and move the checkpoint in one transaction; the new position.
+
+        Only the event types the projection handles are decoded (a tolerant reader);
+        a type no code knows, or data that does not decode, stops the runner after
+        the events before it are committed.
+        """
         started = time.perf_counter()
         decoded: list[Decoded] = []
         poison: ProjectionError | None = None
+        last = position
         for record in batch:
-            try:
-                decoded.append(Decoded(record, decode_event(record.type, record.data,
-                                                            record.metadata)))
-            except EventDecodeError as e:
-                poison = ProjectionError(self.name, record, str(e))
+            if record.type in self.projection.handles:
+                try:
+                    event = decode_event(record.type, record.data, record.metadata)
+                except EventDecodeError as e:
+                    poison = ProjectionError(self.name, record, str(e))
+                    break
+                decoded.append(Decoded(record, event))
+            elif record.type not in EVENT_TYPES:
+                poison = ProjectionError(self.name, record, f"unknown event type {record.type!r}")
                 break
-        if decoded:
-            new_position = decoded[-1].record.position
+            last = record.position
+        if last != position:
             with transaction.atomic():
-                self.projection.apply(decoded)
+                if decoded:
+                    self.projection.apply(decoded)
                 moved = Checkpoint.objects.filter(name=self.name, position=position).update(
-                    position=new_position
+                    position=last, updated_at=timezone.now()
                 )
                 if moved != 1:
                     raise CheckpointMoved(
                         f"projection {self.name!r}: the checkpoint is no longer at {position};"
                         " is another runner active?"
                     )
-            position = new_position
-            self.progress.applied += len(decoded)
-            self.progress.position = position
+            applied = len(batch) if poison is None else batch.index(poison.record)
+            self.progress.applied += applied
+            self.progress.position = last
             logger.info(
                 "projection %s: applied %d events, positions %d..%d, in %.1f ms", self.name,
-                len(decoded), decoded[0].record.position, position,
-                (time.perf_counter() - started) * 1000,
+                applied, batch[0].position, last, (time.perf_counter() - started) * 1000,
             )
             if self.on_progress is not None:
                 self.on_progress(self.progress)
         if poison is not None:
             raise poison
-        return position
+        return last

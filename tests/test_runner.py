@@ -120,13 +120,20 @@ def test_a_poison_event_stops_the_runner_naming_it() -> None:
     assert PaymentView.objects.count() == 1
 
 
-def test_bad_data_in_a_known_event_type_is_poison_too() -> None:
+def test_bad_data_stops_the_projections_that_read_that_type() -> None:
     store = get_event_store()
     store.append(stream_name(uuid4()), [NewEvent(type="PaymentCreated", data=b'{"amount": 1}')],
                  StreamState.NO_STREAM)
     with pytest.raises(CommandError, match="type PaymentCreated"):
+        run_projection("payment", "--once")
+    assert Checkpoint.objects.get(name="payment").position == 0
+    # The decline projection reads only declines: it passes the event by.
+    run_projection("decline", "--once")
+    assert Checkpoint.objects.get(name="decline").position == store.head_position()
+    store.append(stream_name(uuid4()), [NewEvent(type="PaymentDeclined", data=b"[]")],
+                 StreamState.NO_STREAM)
+    with pytest.raises(CommandError, match="type PaymentDeclined"):
         run_projection("decline", "--once")
-    assert Checkpoint.objects.get(name="decline").position == 0
 
 
 def test_batch_size_must_be_positive() -> None:

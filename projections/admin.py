@@ -1,0 +1,219 @@
+"""A read-only admin over the read models and the projections' checkpoints.
+
+The projections own these tables: anything typed into a form here would be
+overwritten by the next event (or, for a checkpoint, would skip or repeat events).
+So nobody may add, change or delete; staff may look. The lists are built for a
+table of millions of rows: no full count, filters and sorting only on indexed
+columns, and the payment search goes by primary key or by an indexed exact match.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db.models import BigIntegerField, Model, QuerySet, Value
+from django.http import HttpRequest
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from payments.domain import PaymentError
+from payments.eventstore import EventStoreError, get_event_store
+from payments.services import PaymentNotFound, find_payment
+from projections.locks import is_locked
+from projections.models import Checkpoint, DeclineView, PaymentView
+
+admin.site.site_header = "Payments"
+admin.site.site_title = "Payments admin"
+admin.site.index_title = "Read models and projections"
+
+COUNT_CAP = 10_000
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most ``COUNT_CAP + 1`` rows, so a list page never counts a whole table.
+
+    ``show_full_result_count = False`` only drops the admin's *second* count; the
+    paginator still counts the (filtered) list, which unfiltered is every row.
+    Above the cap the list shows ``COUNT_CAP + 1`` rows and as many pages: narrow it
+    with a filter, the date links or a search to reach older rows.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        """The number of rows, but at most ``COUNT_CAP + 1`` (a bounded subquery)."""
+        return self.object_list[: COUNT_CAP + 1].count()
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Staff may view; nobody adds, changes or deletes what a projection writes."""
+
+    actions = None
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facet counts are one COUNT per filter choice
+    list_per_page = 100
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return bool(request.user.is_active and request.user.is_staff)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_staff)
+
+
+def _unquote(term: str) -> str:
+    """The search term without surrounding whitespace or one pair of matching quotes."""
+    term = term.strip()
+    if len(term) >= 2 and term[0] == term[-1] and term[0] in "\"'":
+        term = term[1:-1].strip()
+    return term
+
+
+def history_url(payment_id: UUID) -> str:
+    """The HTML event-history page of a payment (the page arrives with the HTML views)."""
+    return f"/payments/{payment_id}/"
+
+
+@admin.register(PaymentView)
+class PaymentViewAdmin(ReadOnlyAdmin):
+    list_display = (
+        "payment_id", "status", "amount", "currency", "settled_amount", "refunded_amount",
+        "bank_name", "decline_code", "updated_at", "version", "history_link",
+    )
+    # Each filter has an index: status, bank_name, currency (each with -updated_at),
+    # -created_at and -updated_at (see the model's Meta.indexes).
+    list_filter = ("status", "currency", "bank_name", "created_at", "updated_at")
+    search_fields = ("=payment_id", "=bank_name")  # shows the box; see get_search_results
+    search_help_text = "A payment id (full UUID) or a bank name (exact, case-sensitive)."
+    date_hierarchy = "updated_at"
+    ordering = ("-updated_at",)
+    sortable_by = ("payment_id", "updated_at")  # the indexed ones: no sort of a whole table
+    fieldsets = (
+        (None, {"fields": (
+            "payment_id", "status", ("amount", "currency"),
+            ("settled_amount", "refunded_amount"), ("bank_name", "decline_code"),
+        )}),
+        ("Stream", {"fields": (
+            ("created_at", "updated_at"), ("version", "position"), "history_link",
+        )}),
+        ("Events, read from the event store", {"fields": ("event_history",)}),
+    )
+    readonly_fields = ("history_link", "event_history")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[PaymentView], search_term: str
+    ) -> tuple[QuerySet[PaymentView], bool]:
+        """A UUID looks up the primary key; anything else is an exact bank name.
+
+        Django's own ``=payment_id`` search compares the column cast to text (no index)
+        and ``icontains`` reads every row; these two are index lookups.
+        """
+        term = _unquote(search_term)
+        if not term:
+            return queryset, False
+        try:
+            payment_id = UUID(term)
+        except ValueError:
+            return queryset.filter(bank_name=term), False
+        return queryset.filter(payment_id=payment_id), False
+
+    @admin.display(description="event history")
+    def history_link(self, obj: PaymentView) -> SafeString:
+        return format_html('<a href="{}">event history</a>', history_url(obj.payment_id))
+
+    @admin.display(description="events")
+    def event_history(self, obj: PaymentView) -> SafeString:
+        """The payment's stream as a table: the source of truth beside the read model."""
+        try:
+            found = find_payment(payment_id=obj.payment_id)
+        except PaymentNotFound:
+            return format_html(
+                "<strong>{}</strong> {}", "The event store has no stream for this payment.",
+                "The read model was built from another store, or the store was reset.",
+            )
+        except EventStoreError as e:
+            return format_html(
+                "<strong>The event store is unavailable, so the events cannot be shown"
+                " now.</strong> ({})", str(e),
+            )
+        except (ValueError, PaymentError) as e:  # undecodable bytes, an impossible history
+            return format_html("<strong>The stream cannot be read:</strong> {}", str(e))
+        rows = format_html_join(
+            "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            (
+                (entry.version, entry.type, entry.occurred_at.isoformat(), entry.position,
+                 json.dumps(entry.data, sort_keys=True))
+                for entry in found.history
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>version</th><th>type</th><th>occurred at</th>"
+            "<th>position</th><th>data</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+
+@admin.register(DeclineView)
+class DeclineViewAdmin(ReadOnlyAdmin):
+    list_display = ("date", "decline_code", "bank_name", "count")
+    # date: declineview_date; decline_code: the unique (code, bank, date) constraint's
+    # index; bank_name: declineview_bank_date.
+    list_filter = ("date", "decline_code", "bank_name")
+    date_hierarchy = "date"
+    ordering = ("-date", "decline_code", "bank_name")
+    sortable_by = ("date",)
+
+
+_HEAD_ATTR = "_projections_admin_head"
+
+
+def head_for(request: HttpRequest) -> int | None:
+    """The store's head position, asked once per request (None: store unavailable)."""
+    if not hasattr(request, _HEAD_ATTR):
+        try:
+            head: int | None = get_event_store().head_position()
+        except EventStoreError:
+            head = None
+        setattr(request, _HEAD_ATTR, head)
+    return getattr(request, _HEAD_ATTR)
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(ReadOnlyAdmin):
+    list_display = ("name", "position", "updated_at", "head", "lag", "runner_active")
+    fields = ("name", "position", "updated_at", "head", "lag", "runner_active")
+    readonly_fields = ("head", "lag", "runner_active")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Checkpoint]:
+        """Every row carries the head read once for this request (as ``store_head``)."""
+        return super().get_queryset(request).annotate(
+            store_head=Value(head_for(request), output_field=BigIntegerField())
+        )
+
+    @admin.display(description="head")
+    def head(self, obj: Any) -> str:
+        head = getattr(obj, "store_head", None)
+        return "event store unavailable" if head is None else str(head)
+
+    @admin.display(description="lag (positions)")
+    def lag(self, obj: Any) -> str:
+        """Head minus checkpoint: positions, not events (EventStoreDB's are not dense)."""
+        head = getattr(obj, "store_head", None)
+        return "?" if head is None else str(head - obj.position)
+
+    @admin.display(description="runner active", boolean=True)
+    def runner_active(self, obj: Checkpoint) -> bool:
+        return is_locked(obj.name)

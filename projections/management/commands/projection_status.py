@@ -1,0 +1,150 @@
+"""``manage.py projection_status [--json]``: where each projection is, and how far behind.
+
+For every projection: its checkpoint (position and when it last moved), the store's
+head position, the lag in events still to apply (counted up to a cap, so a projection
+that is far behind costs one bounded read), and whether a runner holds its lock.
+Read-only: it creates no checkpoint and takes no lock for longer than a check.
+"""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from payments.eventstore import EventStore, EventStoreError, get_event_store
+from projections.locks import is_locked
+from projections.models import Checkpoint
+from projections.projectors import PROJECTIONS
+
+LAG_CAP = 100_000
+
+
+@dataclass(frozen=True)
+class Lag:
+    """Events after a checkpoint; ``capped`` means "more than ``events``"."""
+
+    events: int
+    capped: bool
+
+    def __str__(self) -> str:
+        return f">{self.events}" if self.capped else str(self.events)
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    position: int
+    updated_at: datetime | None  # None: the projection has never run
+    head: int
+    lag: Lag
+    runner_active: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "position": self.position,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "head": self.head,
+            "lag": self.lag.events,
+            "lag_capped": self.lag.capped,
+            "runner_active": self.runner_active,
+        }
+
+
+def count_lag(store: EventStore, position: int, head: int, cap: int | None = None) -> Lag:
+    """The events after ``position``, read at most ``cap + 1`` of them (positions need
+    not be dense, so head minus position is not a count)."""
+    cap = LAG_CAP if cap is None else cap
+    if position >= head:
+        return Lag(0, capped=False)
+    found = len(store.read_all(after=position, limit=cap + 1))
+    return Lag(cap, capped=True) if found > cap else Lag(found, capped=False)
+
+
+def projection_statuses(store: EventStore, names: Iterable[str]) -> list[ProjectionStatus]:
+    """One status per projection; the head is read once for all of them."""
+    names = list(names)
+    head = store.head_position()
+    checkpoints = {c.name: c for c in Checkpoint.objects.filter(name__in=names)}
+    lags: dict[int, Lag] = {}  # projections at the same position share one read
+    statuses = []
+    for name in names:
+        checkpoint = checkpoints.get(name)
+        position = checkpoint.position if checkpoint else 0
+        if position not in lags:
+            lags[position] = count_lag(store, position, head)
+        statuses.append(ProjectionStatus(
+            name=name,
+            position=position,
+            updated_at=checkpoint.updated_at if checkpoint else None,
+            head=head,
+            lag=lags[position],
+            runner_active=is_locked(name),
+        ))
+    return statuses
+
+
+def format_table(statuses: list[ProjectionStatus]) -> str:
+    """A plain aligned table: names and times left-aligned, numbers right-aligned."""
+    header = ("projection", "checkpoint", "updated", "head", "lag", "runner")
+    rows = [
+        (
+            s.name,
+            str(s.position),
+            s.updated_at.isoformat(timespec="seconds") if s.updated_at else "never",
+            str(s.head),
+            str(s.lag),
+            "active" if s.runner_active else "-",
+        )
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    right = {1, 3, 4}
+    lines = [
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in [header, *rows]
+    ]
+    notes = [
+        f"note: {s.name}'s checkpoint {s.position} is past the head {s.head}"
+        " (was the event store replaced?)"
+        for s in statuses if s.position > s.head
+    ]
+    return "\n".join(lines + notes)
+
+
+class Command(BaseCommand):
+    help = (
+        "Show each projection's checkpoint, the event store's head position, the lag in"
+        f" events (counted up to {LAG_CAP}; more shows as >{LAG_CAP}) and whether a"
+        " runner is active. --json: the same as JSON (lag_capped: true means more than"
+        " lag)."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            store = get_event_store()
+        except ValueError as e:  # an EVENTSTORE_URI this code does not support
+            raise CommandError(str(e)) from e
+        try:
+            statuses = projection_statuses(store, PROJECTIONS)
+        except EventStoreError as e:
+            raise CommandError(f"event store unavailable: {e}") from e
+        if options["json"]:
+            head = statuses[0].head if statuses else 0
+            self.stdout.write(json.dumps(
+                {"head": head, "projections": [s.as_dict() for s in statuses]}, indent=2
+            ))
+        else:
+            self.stdout.write(format_table(statuses))

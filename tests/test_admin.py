@@ -1,0 +1,233 @@
+"""The read-only admin: staff can browse the read models; nobody can write them."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from uuid import UUID, uuid4
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from payments import services
+from payments.eventstore import EventStoreUnavailable, get_event_store
+from projections import admin as projections_admin
+from projections.locks import try_lock, unlock
+from projections.models import Checkpoint, DeclineView, PaymentView
+
+pytestmark = pytest.mark.django_db
+
+XSS = "<script>alert(1)</script>"
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def payment_row(payment_id: UUID | None = None, **fields) -> PaymentView:
+    values = {
+        "payment_id": payment_id or uuid4(), "status": "authorized",
+        "amount": Decimal("10.00"), "currency": "EUR", "settled_amount": Decimal("0.00"),
+        "refunded_amount": Decimal("0.00"), "bank_name": "Acme Bank", "decline_code": "",
+        "created_at": NOW, "updated_at": NOW, "version": 1, "position": 2,
+    }
+    values.update(fields)
+    return PaymentView.objects.create(**values)
+
+
+def url(model: str, view: str, *args: object) -> str:
+    return reverse(f"admin:projections_{model}_{view}", args=args)
+
+
+@pytest.fixture
+def rows() -> dict[str, object]:
+    """A real payment in the store (with its history) and rows of every read model."""
+    payment = services.create_payment(amount="10.00")
+    services.authorize_payment(payment_id=payment.id, bank_name=XSS)
+    view = payment_row(payment.id, bank_name=XSS, version=1)
+    for i in range(3):
+        payment_row(updated_at=NOW - timedelta(days=i), bank_name=f"Bank {i}", currency="USD")
+    decline = DeclineView.objects.create(
+        decline_code="05", bank_name="Acme Bank", date=date(2025, 3, 1), count=3
+    )
+    checkpoint, _ = Checkpoint.objects.update_or_create(name="payment",
+                                                        defaults={"position": 1})
+    return {"payment": view, "decline": decline, "checkpoint": checkpoint}
+
+
+def test_the_changelists_load_with_their_rows(admin_client, rows) -> None:
+    payments = admin_client.get(url("paymentview", "changelist"))
+    assert payments.status_code == 200
+    assert b"Bank 2" in payments.content
+    assert f"/payments/{rows['payment'].payment_id}/".encode() in payments.content
+    assert b"event history" in payments.content
+
+    declines = admin_client.get(url("declineview", "changelist"))
+    assert declines.status_code == 200
+    assert b"Acme Bank" in declines.content
+
+    checkpoints = admin_client.get(url("checkpoint", "changelist"))
+    assert checkpoints.status_code == 200
+    head = get_event_store().head_position()
+    assert head == 2
+    text = checkpoints.content.decode()
+    assert "Lag (positions)" in text
+    assert f'<td class="field-head">{head}</td>' in text
+    assert f'<td class="field-lag">{head - 1}</td>' in text
+
+
+def test_the_filters_and_the_date_drilldown_load(admin_client, rows) -> None:
+    for query in ("status__exact=authorized", "currency=USD", "bank_name=Bank+1",
+                  "created_at__gte=2025-01-01+00:00:00%2B00:00",
+                  "updated_at__year=2025&updated_at__month=3"):
+        response = admin_client.get(url("paymentview", "changelist") + "?" + query)
+        assert response.status_code == 200, query
+    response = admin_client.get(url("declineview", "changelist") + "?decline_code=05")
+    assert response.status_code == 200
+    assert b"Acme Bank" in response.content
+
+
+def test_the_payment_page_shows_its_event_history(admin_client, rows) -> None:
+    payment = rows["payment"]
+    response = admin_client.get(url("paymentview", "change", payment.payment_id))
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "PaymentCreated" in text
+    assert "PaymentAuthorized" in text
+    assert f'href="/payments/{payment.payment_id}/"' in text
+
+
+def test_user_text_is_escaped(admin_client, rows) -> None:
+    for page in (url("paymentview", "changelist"),
+                 url("paymentview", "change", rows["payment"].payment_id)):
+        text = admin_client.get(page).content.decode()
+        assert XSS not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_the_payment_page_says_when_the_store_is_unavailable(admin_client, rows,
+                                                              monkeypatch) -> None:
+    def unavailable(**kwargs):
+        raise EventStoreUnavailable("connection refused")
+
+    monkeypatch.setattr(projections_admin, "find_payment", unavailable)
+    response = admin_client.get(url("paymentview", "change", rows["payment"].payment_id))
+    assert response.status_code == 200
+    assert b"event store is unavailable" in response.content
+
+
+def test_a_payment_missing_from_the_store_is_explained(admin_client) -> None:
+    row = payment_row()
+    response = admin_client.get(url("paymentview", "change", row.payment_id))
+    assert response.status_code == 200
+    assert b"no stream for this payment" in response.content
+
+
+def test_the_checkpoints_say_when_the_store_is_unavailable(admin_client, rows,
+                                                           monkeypatch) -> None:
+    class Down:
+        def head_position(self, **kwargs):
+            raise EventStoreUnavailable("down")
+
+    monkeypatch.setattr(projections_admin, "get_event_store", Down)
+    response = admin_client.get(url("checkpoint", "changelist"))
+    assert response.status_code == 200
+    assert b"event store unavailable" in response.content
+
+
+def test_the_head_is_read_once_per_request(admin_client, rows, monkeypatch) -> None:
+    assert Checkpoint.objects.count() == 2  # migrate creates one per projection
+    calls = []
+    store = get_event_store()
+
+    class Counting:
+        def head_position(self, **kwargs):
+            calls.append(1)
+            return store.head_position(**kwargs)
+
+    monkeypatch.setattr(projections_admin, "get_event_store", Counting)
+    assert admin_client.get(url("checkpoint", "changelist")).status_code == 200
+    assert len(calls) == 1
+
+
+def test_a_held_lock_shows_as_an_active_runner(admin_client, rows) -> None:
+    token = try_lock("payment")
+    assert token is not None
+    try:
+        text = admin_client.get(url("checkpoint", "changelist")).content.decode()
+    finally:
+        unlock("payment", token)
+    assert '<td class="field-runner_active"><img src="/static/admin/img/icon-yes.svg"' in text
+
+
+def test_the_view_pages_load(admin_client, rows) -> None:
+    assert admin_client.get(
+        url("declineview", "change", rows["decline"].pk)).status_code == 200
+    checkpoint = admin_client.get(url("checkpoint", "change", "payment"))
+    assert checkpoint.status_code == 200
+    assert b"Lag (positions)" in checkpoint.content
+
+
+@pytest.mark.parametrize("model", ["paymentview", "declineview", "checkpoint"])
+def test_nothing_can_be_added_changed_or_deleted(admin_client, rows, model) -> None:
+    pk = {"paymentview": rows["payment"].pk, "declineview": rows["decline"].pk,
+          "checkpoint": "payment"}[model]
+    assert admin_client.get(url(model, "add")).status_code == 403
+    assert admin_client.post(url(model, "add"), {}).status_code == 403
+    assert admin_client.post(url(model, "change", pk), {"position": 0}).status_code == 403
+    assert admin_client.get(url(model, "delete", pk)).status_code == 403
+    assert admin_client.post(url(model, "delete", pk), {"post": "yes"}).status_code == 403
+    assert Checkpoint.objects.get(name="payment").position == 1
+    assert PaymentView.objects.filter(pk=rows["payment"].pk).exists()
+    assert DeclineView.objects.filter(pk=rows["decline"].pk).exists()
+
+
+def test_search_by_uuid_by_bank_and_by_anything_else(admin_client, rows) -> None:
+    changelist = url("paymentview", "changelist")
+    target = rows["payment"].payment_id
+
+    by_id = admin_client.get(changelist, {"q": str(target)})
+    assert by_id.status_code == 200
+    assert by_id.context["cl"].result_count == 1
+    assert by_id.context["cl"].result_list[0].payment_id == target
+
+    by_bank = admin_client.get(changelist, {"q": "Bank 1"})
+    assert by_bank.status_code == 200
+    assert [r.bank_name for r in by_bank.context["cl"].result_list] == ["Bank 1"]
+
+    for junk in ("not-a-uuid", "1234", "'", '"Bank', "%", str(target)[:-1]):
+        response = admin_client.get(changelist, {"q": junk})
+        assert response.status_code == 200, junk
+        assert response.context["cl"].result_count == 0, junk
+
+
+def test_the_count_is_capped(admin_client, monkeypatch) -> None:
+    monkeypatch.setattr(projections_admin, "COUNT_CAP", 2)
+    for _ in range(5):
+        payment_row()
+    response = admin_client.get(url("paymentview", "changelist"))
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 3
+
+
+def test_staff_without_permissions_may_view(client, rows) -> None:
+    staff = get_user_model().objects.create_user("staff", password="x", is_staff=True)
+    client.force_login(staff)
+    assert client.get(reverse("admin:index")).status_code == 200
+    assert client.get(url("paymentview", "changelist")).status_code == 200
+    assert client.get(url("checkpoint", "add")).status_code == 403
+
+
+def test_a_user_who_is_not_staff_is_sent_to_the_login(client, rows) -> None:
+    user = get_user_model().objects.create_user("someone", password="x")
+    client.force_login(user)
+    for page in (url("paymentview", "changelist"), url("declineview", "changelist"),
+                 url("checkpoint", "changelist"),
+                 url("paymentview", "change", rows["payment"].payment_id)):
+        response = client.get(page)
+        assert response.status_code == 302
+        assert response.url.startswith(reverse("admin:login"))
+
+
+def test_anonymous_is_sent_to_the_login(client) -> None:
+    response = client.get(url("paymentview", "changelist"))
+    assert response.status_code == 302
+    assert response.url.startswith(reverse("admin:login"))
