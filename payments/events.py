@@ -9,6 +9,7 @@ Plain Python: the projections import this module, and so may any other reader.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -99,28 +100,35 @@ def format_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, microseconds kept (e.g. ``2026-11-29T14:00:00.123456Z``)."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
-def _to_json_value(value: object) -> object:
-    if isinstance(value, Decimal):
-        return f"{value:.2f}"
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    return value
+# Each field type's JSON text. UUIDs, amounts and timestamps need no escaping; text
+# goes through json.dumps. Same bytes as json.dumps of the whole document, faster
+# (encoding is on the path of every command).
+_ENCODERS: dict[str, Callable[[Any], str]] = {
+    "UUID": lambda value: f'"{value}"',
+    "Decimal": lambda value: f'"{value:.2f}"',
+    "datetime": lambda value: f'"{format_timestamp(value)}"',
+    "str": json.dumps,
+}
 
 
 @cache
-def _field_names(cls: type[PaymentEvent]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _encoders(cls: type[PaymentEvent]) -> tuple[tuple[str, Callable[[Any], str]], ...]:
+    return tuple((f.name, _ENCODERS[str(f.type)]) for f in fields(cls))
 
 
 def encode_data(event: PaymentEvent) -> bytes:
     """The event's JSON data, compact, keys in field order."""
-    document = {name: _to_json_value(getattr(event, name)) for name in _field_names(type(event))}
-    return json.dumps(document, separators=(",", ":")).encode()
+    return (
+        "{"
+        + ",".join(f'"{name}":{encode(getattr(event, name))}' for name, encode in
+                   _encoders(type(event)))
+        + "}"
+    ).encode()
 
 
 def encode_metadata(*, correlation_id: UUID, causation_id: UUID) -> bytes:
@@ -164,11 +172,11 @@ def decode_event(type_name: str, data: bytes, metadata: bytes = b"") -> PaymentE
     if version != SCHEMA_VERSION:
         raise EventDecodeError(f"{type_name} schema version {version!r} is not supported")
     try:
-        document = json.loads(data)
+        document = json.loads(data.decode())  # str: spares json's encoding sniffing
         if not isinstance(document, dict):
             raise TypeError("data is not a JSON object")
         return cls(**{name: parse(document[name]) for name, parse in _parsers(cls)})
-    except (ValueError, KeyError, TypeError, ArithmeticError) as e:
+    except (ValueError, KeyError, TypeError, ArithmeticError, UnicodeDecodeError) as e:
         raise EventDecodeError(f"bad {type_name} data: {e!r}") from None
 
 

@@ -34,7 +34,7 @@ from esdbclient import EventStoreDBClient
 from esdbclient import NewEvent as EsdbNewEvent
 from esdbclient import RecordedEvent as EsdbRecordedEvent
 from esdbclient import StreamState as EsdbStreamState
-from esdbclient.common import AbstractCatchupSubscription
+from esdbclient.common import AbstractCatchupSubscription, GrpcOptions
 from esdbclient.connection_spec import URI_SCHEME_ESDB_DISCOVER, ConnectionSpec
 from esdbclient.exceptions import (
     DeadlineExceeded,
@@ -155,6 +155,30 @@ def _bounded_discovery(uri: str, timeout: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class _Client(EventStoreDBClient):
+    """esdbclient's client on gRPC channels that fail fast and reconnect for real.
+
+    * No transparent retries: with them (gRPC's default) grpcio 1.71 can strand a call
+      that races the server's GOAWAY (a restart): it never completes, deadline or not.
+      Without them it fails with UNAVAILABLE at once and is retried on a new channel.
+    * A subchannel pool per channel: with gRPC's global pool, the new channel of a
+      reconnect shares the old one's connection, still waiting out its reconnect
+      backoff (1 s and growing), so the retry fails too although the server is back.
+
+    (This overrides a private esdbclient method; esdbclient is pinned.)
+    """
+
+    def _construct_grpc_channel(
+        self, grpc_target: str, grpc_options: GrpcOptions = ()
+    ) -> grpc.Channel:
+        options = (
+            *grpc_options,
+            ("grpc.enable_retries", 0),
+            ("grpc.use_local_subchannel_pool", 1),
+        )
+        return super()._construct_grpc_channel(grpc_target, options)
+
+
 class EventStoreDBEventStore:
     """The event store port on EventStoreDB (``esdb://`` or ``esdb+discover://`` URIs).
 
@@ -186,7 +210,7 @@ class EventStoreDBEventStore:
             if self._closed:
                 raise EventStoreError(f"the event store for {self.target} is closed")
             if self._client is None:
-                self._client = EventStoreDBClient(self._uri)
+                self._client = _Client(self._uri)
             return self._client
 
     @contextmanager
@@ -206,9 +230,9 @@ class EventStoreDBEventStore:
     def _reconnecting(self, call: Callable[[EventStoreDBClient], T]) -> T:
         """Run ``call``, reconnecting and retrying once if the channel is unavailable.
 
-        For esdbclient methods without ``@autoreconnect`` (``read_all``, ``read_stream``):
-        after a server restart a gRPC channel may wait out its reconnect backoff and
-        fail fast meanwhile; a new channel does not.
+        For esdbclient methods without ``@autoreconnect`` (``read_all``): after a server
+        restart the old channel may still be waiting out its reconnect backoff and fail
+        fast meanwhile; a new channel (with its own subchannel, see ``_Client``) does not.
         """
         client = self._connected()
         try:
