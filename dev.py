@@ -94,7 +94,9 @@ def run() -> None:
 def test(pytest_args: list[str]) -> None:
     ensure_venv("requirements-dev.txt")
     sh(PYTHON, "-m", "ruff", "check", ".")
-    sh(PYTHON, "-m", "pytest", *pytest_args)
+    # Tests never depend on a developer's .env; settings are read before any conftest.
+    env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "tests-only-not-a-secret"}
+    sh(PYTHON, "-m", "pytest", *pytest_args, env=env)
 
 
 def main() -> None:
