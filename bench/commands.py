@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
 os.environ.setdefault("SECRET_KEY", "bench-only")
+os.environ["DEBUG"] = "false"  # as in production: no query log
 
 import django
 

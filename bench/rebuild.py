@@ -36,6 +36,7 @@ os.environ["DATABASE_URL"] = f"sqlite:///{_tmp.name}/db.sqlite3"
 os.environ["EVENTSTORE_URI"] = f"sqlite:///{_tmp.name}/events.sqlite3"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
 os.environ.setdefault("SECRET_KEY", "bench-only")
+os.environ["DEBUG"] = "false"  # as in production: no query log
 
 import django  # noqa: E402
 

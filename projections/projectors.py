@@ -118,7 +118,9 @@ _PAYMENT_FIELDS = [
 
 def _sqlite_datetime(moment: datetime) -> str:
     """What Django's SQLite backend stores for an aware datetime (naive UTC, str())."""
-    return str(moment.astimezone(UTC).replace(tzinfo=None))
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(sep=" ")[:-6]  # str() of the naive UTC time, without "+00:00"
 
 
 def _payment_values(payment: Payment, position: int, *, sqlite: bool) -> tuple[object, ...]:
