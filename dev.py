@@ -68,12 +68,14 @@ def ensure_login() -> str:
         LOGIN_FILE.chmod(0o600)
     password = LOGIN_FILE.read_text().strip()
     script = (
-        "from django.contrib.auth import get_user_model; U = get_user_model(); "
+        "import os; from django.contrib.auth import get_user_model; U = get_user_model(); "
         f"u, _ = U.objects.get_or_create(username={ADMIN_USER!r}, "
         "defaults={'is_staff': True, 'is_superuser': True}); "
-        f"u.set_password({password!r}); u.save()"
+        "u.set_password(os.environ['ADMIN_PASSWORD']); u.save()"
     )
-    sh(PYTHON, "manage.py", "shell", "-c", script)
+    # The password goes through the environment, not the echoed command line.
+    sh(PYTHON, "manage.py", "shell", "--no-imports", "-c", script,
+       env={**os.environ, "ADMIN_PASSWORD": password})
     return password
 
 

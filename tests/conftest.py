@@ -11,6 +11,18 @@ from payments.eventstore import EventStore, reset_event_store
 from payments.eventstore.embedded import EmbeddedEventStore
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_database_lock_files() -> Iterator[None]:
+    """The test database's leftovers (runner locks, WAL files) go with it."""
+    yield
+    from django.conf import settings
+
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name:
+        for leftover in Path(str(name)).parent.glob(f"{Path(str(name)).name}*"):
+            leftover.unlink(missing_ok=True)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_event_store(settings, tmp_path: Path) -> Iterator[None]:
     """Point EVENTSTORE_URI at a fresh file, so no test sees another's events."""

@@ -18,21 +18,22 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
 from uuid import UUID
 
 from payments.eventstore.port import (
     AppendResult,
+    Closing,
     EventStoreUnavailable,
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
     StreamNotFound,
     StreamState,
+    Subscription,
     WrongExpectedVersion,
 )
 
@@ -85,7 +86,7 @@ def _recorded(row: tuple) -> RecordedEvent:
     )
 
 
-class EmbeddedEventStore:
+class EmbeddedEventStore(Closing):
     """The event store port on a SQLite file; safe across threads and processes."""
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 5.0) -> None:
@@ -333,7 +334,7 @@ class _SqliteErrors:
             ) from exc
 
 
-class EmbeddedSubscription:
+class EmbeddedSubscription(Subscription):
     """A catch-up subscription that reads in pages and then polls for appends."""
 
     PAGE = 500
@@ -366,19 +367,6 @@ class EmbeddedSubscription:
     def close(self) -> None:
         self._closed = True
 
-    def __iter__(self) -> Iterator[RecordedEvent]:
-        while not self._closed:
-            event = self.get(timeout=1.0)
-            if event is not None:
-                yield event
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    @property
+    def closed(self) -> bool:
+        return self._closed

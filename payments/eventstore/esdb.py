@@ -24,8 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
@@ -48,6 +47,7 @@ from esdbclient.exceptions import (
 
 from payments.eventstore.port import (
     AppendResult,
+    Closing,
     EventStoreError,
     EventStoreUnavailable,
     ExpectedVersion,
@@ -55,6 +55,7 @@ from payments.eventstore.port import (
     RecordedEvent,
     StreamNotFound,
     StreamState,
+    Subscription,
     WrongExpectedVersion,
 )
 
@@ -179,7 +180,7 @@ class _Client(EventStoreDBClient):
         return super()._construct_grpc_channel(grpc_target, options)
 
 
-class EventStoreDBEventStore:
+class EventStoreDBEventStore(Closing):
     """The event store port on EventStoreDB (``esdb://`` or ``esdb+discover://`` URIs).
 
     The esdbclient client is created on first use, so constructing the store never
@@ -404,16 +405,6 @@ class EventStoreDBEventStore:
             with suppress(Exception):  # closing must not fail; the channel is gone anyway
                 client.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _Failed:
@@ -426,7 +417,7 @@ class _Failed:
 _WAKE = object()  # queued by close() so a blocked get() returns at once
 
 
-class EventStoreDBSubscription:
+class EventStoreDBSubscription(Subscription):
     """The port's ``Subscription`` over an esdbclient catch-up subscription.
 
     A daemon thread iterates the gRPC stream into a queue. ``get`` returns events in
@@ -546,19 +537,6 @@ class EventStoreDBSubscription:
         if self.on_close is not None:
             self.on_close(self)
 
-    def __iter__(self) -> Iterator[RecordedEvent]:
-        while not self._closed.is_set():
-            event = self.get(timeout=1.0)
-            if event is not None:
-                yield event
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()

@@ -94,28 +94,46 @@ class EventStoreUnavailable(EventStoreError):
     """The store could not be reached (or did not answer) within the deadline."""
 
 
-class Subscription(Protocol):
-    """A catch-up subscription: history first, then live appends, in position order.
+class Closing:
+    """``with store:`` / ``with subscription:`` closes it at the end of the block."""
 
-    ``get`` waits at most ``timeout`` seconds and returns ``None`` when nothing came,
-    so a caller can bound its batches by time and notice a stop request. Errors of
-    the store surface from ``get`` (and iteration) as ``EventStoreUnavailable``.
-    """
+    def close(self) -> None:
+        raise NotImplementedError
 
-    def get(self, timeout: float) -> RecordedEvent | None: ...
-
-    def close(self) -> None: ...
-
-    def __iter__(self) -> Iterator[RecordedEvent]: ...
-
-    def __enter__(self) -> Self: ...
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        self.close()
+
+
+class Subscription(Closing):
+    """A catch-up subscription: history first, then live appends, in position order.
+
+    ``get`` waits at most ``timeout`` seconds and returns ``None`` when nothing came,
+    so a caller can bound its batches by time and notice a stop request. Errors of
+    the store surface from ``get`` (and iteration) as ``EventStoreUnavailable``.
+    Adapters implement ``get``, ``close`` and ``closed``.
+    """
+
+    def get(self, timeout: float) -> RecordedEvent | None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[RecordedEvent]:
+        """Every event, waiting for live ones, until closed."""
+        while not self.closed:
+            event = self.get(timeout=1.0)
+            if event is not None:
+                yield event
 
 
 class EventStore(Protocol):
