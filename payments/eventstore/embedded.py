@@ -122,11 +122,14 @@ class EmbeddedEventStore(Closing):
                 check_same_thread=False,
             )
             try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=FULL")
-                if not self._schema_ready:
-                    connection.executescript(SCHEMA)
-                    self._schema_ready = True
+                connection.execute("PRAGMA synchronous=FULL")  # per connection
+                with self._connections_lock:
+                    if not self._schema_ready:
+                        # WAL is a property of the file: set once, not per connection
+                        # (switching journal mode takes a lock that busy waits skip).
+                        connection.execute("PRAGMA journal_mode=WAL")
+                        connection.executescript(SCHEMA)
+                        self._schema_ready = True
             except sqlite3.Error:
                 connection.close()
                 raise
