@@ -1,0 +1,124 @@
+"""``Idempotency-Key`` on every POST: a retry gets the first answer, and nothing more.
+
+Two layers, so that no instant is unsafe:
+
+* ``IdempotencyRecord`` keeps the first answer per (user, key): a retry of the same
+  request (method, path and JSON body) gets its status and body back without the
+  service being called; another request with the key is a 422.
+* The service is given ``"<user pk>:<key>"`` as its own idempotency key, so a crash
+  between the append and the record (or two retries racing) appends nothing more:
+  the service finds its event in the stream and answers from it.
+
+Stored: the answers the service gave — success and its refusals (404, 409 on a
+rule). Not stored: bad input (400: nothing was decided, the client fixes it and may
+keep the key), a concurrency conflict, and 503 (both say "try again").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from payments.domain import AmountExceedsBalance, TransitionNotAllowed
+from payments.models import IdempotencyRecord
+from payments.services import IdempotencyKeyReused, PaymentNotFound
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+REPLAYED_HEADER = "Idempotent-Replayed"
+_STORED_REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, PaymentNotFound)
+
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Any string of 1-255 printable characters, unique per intended command"
+                " (a UUID is a good choice). A retry with the same key and request returns"
+                " the first answer and changes nothing; the same key with another request"
+                " is a 422. Keys belong to the user and are kept at least 24 hours.",
+)
+
+PostHandler = Callable[..., Response]
+
+
+def request_key(request: Request) -> str | None:
+    """The caller's Idempotency-Key, checked; None when the header is absent."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise exceptions.ValidationError(
+            {HEADER: [f"must be 1 to {MAX_KEY_LENGTH} printable characters"]}
+        )
+    return key
+
+
+def service_key(request: Request) -> str | None:
+    """The key for the command service: scoped by the user, as keys belong to users."""
+    key = request_key(request)
+    return None if key is None else f"{request.user.pk}:{key}"
+
+
+def fingerprint(request: Request) -> str:
+    """What makes two requests "the same": method, path and the parsed JSON body."""
+    body = json.dumps(request.data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+
+
+def _replay(record: IdempotencyRecord, request_fingerprint: str) -> Response:
+    if record.request_fingerprint != request_fingerprint:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {record.key!r} was already used for a different request"
+            " (another payment, action or body); use a new key for a new command"
+        )
+    response = Response(record.response_body, status=record.status_code,
+                        headers=record.response_headers)
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _store(request: Request, key: str, request_fingerprint: str, response: Response) -> Response:
+    """Keep the first answer; if a concurrent twin stored one first, answer with that."""
+    headers = {"Location": response["Location"]} if response.has_header("Location") else {}
+    try:
+        with transaction.atomic():
+            IdempotencyRecord.objects.create(
+                user=request.user, key=key, request_fingerprint=request_fingerprint,
+                status_code=response.status_code, response_body=response.data,
+                response_headers=headers,
+            )
+    except IntegrityError:
+        return _replay(IdempotencyRecord.objects.get(user=request.user, key=key),
+                       request_fingerprint)
+    return response
+
+
+def idempotent(post: PostHandler) -> PostHandler:
+    """Wrap a command view's ``post`` with the Idempotency-Key protocol."""
+
+    @functools.wraps(post)
+    def wrapper(view: APIView, request: Request, *args: Any, **kwargs: Any) -> Response:
+        key = request_key(request)
+        if key is None:
+            return post(view, request, *args, **kwargs)
+        request_fingerprint = fingerprint(request)
+        record = IdempotencyRecord.objects.filter(user=request.user, key=key).first()
+        if record is not None:
+            return _replay(record, request_fingerprint)
+        try:
+            response = post(view, request, *args, **kwargs)
+        except _STORED_REFUSALS as exc:
+            response = view.handle_exception(exc)
+        # Other errors propagate unstored: DRF's exception handler answers them.
+        return _store(request, key, request_fingerprint, response)
+
+    return wrapper

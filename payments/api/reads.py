@@ -1,0 +1,150 @@
+"""The REST API's reads: one payment folded from its stream, and the read-model lists.
+
+The detail asks the command service (the stream is authoritative and always
+current); the lists read the projections' tables, which may lag the store by a
+moment. This is the only part of ``payments`` that knows the read models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from payments import services
+from payments.api.commands import COMMAND_ERRORS, PAYMENT_ID_PARAMETER, error, payment_id_from
+from payments.api.serializers import MONEY, BlankAsNullCharField, PaymentDetailSerializer
+from payments.domain import InvalidInput, PaymentStatus, parse_currency, parse_decline_code
+from projections.models import DeclineView, PaymentView
+
+LIST_ERRORS = {
+    400: COMMAND_ERRORS[400],
+    401: COMMAND_ERRORS[401],
+    404: error("no such page"),
+}
+
+
+class Pagination(PageNumberPagination):
+    """``?page=N`` (and ``page_size`` up to 500): lists stay cheap however long they grow."""
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def normalised_filter(parse: Any, field: str) -> Any:
+    """A filter method that reads its value through a domain ``parse_*`` function."""
+
+    def filter_method(queryset: QuerySet, name: str, value: str) -> QuerySet:
+        try:
+            return queryset.filter(**{field: parse(value)})
+        except InvalidInput as e:
+            raise serializers.ValidationError({name: [e.message]}) from None
+
+    return filter_method
+
+
+class PaymentFilter(django_filters.FilterSet):
+    """``?status=&bank_name=&currency=`` (exact; currency case-insensitive)."""
+
+    status = django_filters.ChoiceFilter(choices=[(s.value, s.value) for s in PaymentStatus])
+    bank_name = django_filters.CharFilter()
+    currency = django_filters.CharFilter(method=normalised_filter(parse_currency, "currency"))
+
+    class Meta:
+        model = PaymentView
+        fields = ["status", "bank_name", "currency"]
+
+
+class DeclineFilter(django_filters.FilterSet):
+    """``?decline_code=&bank_name=&date=`` and a date range ``date_from``/``date_to``."""
+
+    decline_code = django_filters.CharFilter(
+        method=normalised_filter(parse_decline_code, "decline_code")
+    )
+    bank_name = django_filters.CharFilter()
+    date = django_filters.DateFilter()
+    date_from = django_filters.DateFilter(field_name="date", lookup_expr="gte")
+    date_to = django_filters.DateFilter(field_name="date", lookup_expr="lte")
+
+    class Meta:
+        model = DeclineView
+        fields = ["decline_code", "bank_name", "date", "date_from", "date_to"]
+
+
+class PaymentListItemSerializer(serializers.ModelSerializer):
+    """A payment as the PaymentView projection last saw it."""
+
+    id = serializers.UUIDField(source="payment_id")
+    amount = serializers.DecimalField(**MONEY)
+    settled_amount = serializers.DecimalField(**MONEY)
+    refunded_amount = serializers.DecimalField(**MONEY)
+    bank_name = BlankAsNullCharField()
+    decline_code = BlankAsNullCharField()
+
+    class Meta:
+        model = PaymentView
+        fields = ["id", "status", "amount", "currency", "settled_amount", "refunded_amount",
+                  "bank_name", "decline_code", "version", "created_at", "updated_at"]
+
+
+class DeclineSerializer(serializers.ModelSerializer):
+    """Declines counted by code, bank and UTC date."""
+
+    class Meta:
+        model = DeclineView
+        fields = ["decline_code", "bank_name", "date", "count"]
+
+
+class PaymentListApi(generics.ListAPIView):
+    """GET /api/payments/: the PaymentView read model, newest change first."""
+
+    queryset = PaymentView.objects.order_by("-updated_at", "payment_id")
+    serializer_class = PaymentListItemSerializer
+    filterset_class = PaymentFilter
+    pagination_class = Pagination
+
+    @extend_schema(operation_id="payments_list", summary="List payments (read model)",
+                   description="The PaymentView read model, newest change first; it may lag"
+                               " the event store by a moment (the detail never does).",
+                   responses={200: PaymentListItemSerializer(many=True), **LIST_ERRORS},
+                   tags=["payments"])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class DeclineListApi(generics.ListAPIView):
+    """GET /api/declines/: the DeclineView read model, newest date first."""
+
+    queryset = DeclineView.objects.order_by("-date", "decline_code", "bank_name")
+    serializer_class = DeclineSerializer
+    filterset_class = DeclineFilter
+    pagination_class = Pagination
+
+    @extend_schema(operation_id="declines_list", summary="Declines by code, bank and date",
+                   responses={200: DeclineSerializer(many=True), **LIST_ERRORS},
+                   tags=["declines"])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class PaymentDetailApi(APIView):
+    """GET /api/payments/{id}/: the payment folded from its stream, with its events."""
+
+    @extend_schema(
+        operation_id="payments_retrieve", summary="A payment and its events",
+        parameters=[PAYMENT_ID_PARAMETER], tags=["payments"],
+        responses={200: PaymentDetailSerializer,
+                   **{code: COMMAND_ERRORS[code] for code in (401, 404, 503)}},
+    )
+    def get(self, request: Request, payment_id: str) -> Response:
+        found = services.find_payment(payment_id=payment_id_from(payment_id))
+        detail = {**vars(found.payment), "events": found.history}
+        return Response(PaymentDetailSerializer(detail).data)

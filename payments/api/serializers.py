@@ -1,0 +1,173 @@
+"""The REST API's JSON shapes: input fields that defer to the domain, and outputs.
+
+Input rules are the domain's ``parse_*`` functions, called here so that a bad field
+is a 400 with the domain's own message; nothing in this module decides a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from payments.domain import (
+    MAX_BANK_NAME_LENGTH,
+    InvalidInput,
+    PaymentStatus,
+    parse_amount,
+    parse_bank_name,
+    parse_currency,
+    parse_decline_code,
+)
+
+MONEY = {"max_digits": 14, "decimal_places": 2}
+
+
+class DomainField(serializers.Field):
+    """A JSON string checked and normalised by one of the domain's ``parse_*`` functions."""
+
+    default_error_messages = {"not_a_string": "must be a string"}
+
+    def __init__(self, parse: Callable[[str], Any], **kwargs: Any) -> None:
+        self.parse = parse
+        super().__init__(**kwargs)
+
+    def check_type(self, data: Any) -> None:
+        """JSON strings only: a number or a list is not a name or a code."""
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+
+    def to_internal_value(self, data: Any) -> Any:
+        self.check_type(data)
+        try:
+            return self.parse(data)
+        except InvalidInput as e:
+            raise serializers.ValidationError(e.message) from None
+
+    def to_representation(self, value: Any) -> str:
+        return str(value)
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": r"^\s*[0-9]{1,12}(\.[0-9]{1,2})?\s*$", "example": "100.00",
+     "description": "a decimal string above 0, at most 2 places and 12 integer digits;"
+                    " a JSON number with a fraction (a float) is refused"}
+)
+class AmountField(DomainField):
+    """Money as a decimal string; a JSON integer is exact and accepted, a float is not."""
+
+    default_error_messages = {"not_a_string": 'must be a decimal string such as "100.00"'}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(parse_amount, **kwargs)
+
+    def check_type(self, data: Any) -> None:
+        # bool is an int to Python, and Decimal() takes lists and tuples: refuse them here.
+        # A float goes on to parse_amount, which refuses it with the domain's reason.
+        if isinstance(data, bool) or not isinstance(data, str | int | float):
+            self.fail("not_a_string")
+
+
+@extend_schema_field({"type": "string", "pattern": "^[A-Za-z]{3}$", "example": "EUR"})
+class CurrencyField(DomainField):
+    """An ISO 4217 code; the domain upper-cases it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(parse_currency, **kwargs)
+
+
+@extend_schema_field(
+    {"type": "string", "minLength": 1, "maxLength": MAX_BANK_NAME_LENGTH, "example": "Acme Bank"}
+)
+class BankNameField(DomainField):
+    """A bank name; the domain trims it and bounds its length."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(parse_bank_name, **kwargs)
+
+
+@extend_schema_field({"type": "string", "pattern": "^[A-Za-z0-9]{1,4}$", "example": "05"})
+class DeclineCodeField(DomainField):
+    """A card network decline code, kept as a string so ``05`` stays ``05``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(parse_decline_code, **kwargs)
+
+
+class CommandSerializer(serializers.Serializer):
+    """Base of the command inputs: a field it does not know is refused, by name.
+
+    Refusing (rather than ignoring) catches a client's typo such as ``ammount`` before
+    it silently settles the whole outstanding amount.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in data if name not in self.fields)
+            if unknown:
+                allowed = ", ".join(self.fields) or "no fields"
+                raise serializers.ValidationError(
+                    {name: [f"unknown field; this request takes: {allowed}"] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class ExistingPaymentCommandSerializer(CommandSerializer):
+    """A command on an existing payment: the caller may name the version it expects."""
+
+    expected_version = serializers.IntegerField(
+        min_value=0, max_value=2**63 - 1, required=False,
+        help_text="refuse with 409 unless the payment is at this version (optimistic"
+                  " concurrency); versions count from 0",
+    )
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+class PaymentSerializer(serializers.Serializer):
+    """A payment's state, as every command answers it."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=[s.value for s in PaymentStatus])
+    amount = serializers.DecimalField(**MONEY)
+    currency = serializers.CharField()
+    settled_amount = serializers.DecimalField(**MONEY)
+    refunded_amount = serializers.DecimalField(**MONEY)
+    bank_name = serializers.CharField(allow_null=True)
+    decline_code = serializers.CharField(allow_null=True)
+    version = serializers.IntegerField(help_text="stream version of the last event (from 0)")
+
+
+class PaymentEventSerializer(serializers.Serializer):
+    """One stored event of a payment."""
+
+    type = serializers.CharField()
+    data = serializers.DictField()
+    version = serializers.IntegerField()
+    position = serializers.IntegerField()
+    occurred_at = serializers.DateTimeField()
+
+
+class PaymentDetailSerializer(PaymentSerializer):
+    """A payment folded from its stream, with the events it was folded from."""
+
+    events = PaymentEventSerializer(many=True)
+
+
+class BlankAsNullCharField(serializers.CharField):
+    """The read models keep "" for "none"; the API says null, as the detail does."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_null=True, **kwargs)
+
+    def to_representation(self, value: Any) -> str | None:
+        return str(value) if value else None
+
+
+class ErrorSerializer(serializers.Serializer):
+    """DRF's error shape for everything but field errors."""
+
+    detail = serializers.CharField()

@@ -1,0 +1,444 @@
+"""The REST API over HTTP (DRF's test client): life cycle, status codes, idempotency,
+authentication, and the read-model lists."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from payments.eventstore import reset_event_store
+from payments.models import IdempotencyRecord
+from payments.services import find_payment
+
+pytestmark = pytest.mark.django_db
+
+PAYMENT_FIELDS = {"id", "status", "amount", "currency", "settled_amount", "refunded_amount",
+                  "bank_name", "decline_code", "version"}
+
+
+@pytest.fixture
+def user() -> Any:
+    return get_user_model().objects.create_user("alice")
+
+
+@pytest.fixture
+def client(user: Any) -> APIClient:
+    api = APIClient()
+    api.force_authenticate(user)
+    return api
+
+
+def create(client: APIClient, amount: Any = "100.00", **extra: Any) -> dict[str, Any]:
+    response = client.post("/api/payments/", {"amount": amount, **extra}, format="json")
+    assert response.status_code == 201, response.json()
+    return response.json()
+
+
+def command(client: APIClient, payment_id: str, action: str, body: dict[str, Any] | None = None,
+            **headers: str) -> Any:
+    return client.post(f"/api/payments/{payment_id}/{action}/", body or {}, format="json",
+                       headers=headers)
+
+
+def stream_length(payment_id: str) -> int:
+    return len(find_payment(payment_id=payment_id).history)
+
+
+# --- the life cycle --------------------------------------------------------------------
+
+
+def test_a_payment_goes_through_its_life_over_http(client: APIClient) -> None:
+    response = client.post("/api/payments/", {"amount": "100.00", "currency": "usd"},
+                           format="json")
+    assert response.status_code == 201
+    created = response.json()
+    assert set(created) == PAYMENT_FIELDS
+    assert created["status"] == "pending"
+    assert (created["amount"], created["currency"], created["version"]) == ("100.00", "USD", 0)
+    assert response["Location"].endswith(f"/api/payments/{created['id']}/")
+    pid = created["id"]
+
+    authorized = command(client, pid, "authorize", {"bank_name": "  Acme Bank "}).json()
+    assert (authorized["status"], authorized["bank_name"]) == ("authorized", "Acme Bank")
+    partly = command(client, pid, "settle", {"amount": "40"}).json()
+    assert (partly["status"], partly["settled_amount"]) == ("partially_settled", "40.00")
+    settled = command(client, pid, "settle", {"expected_version": 2}).json()
+    assert (settled["status"], settled["settled_amount"]) == ("settled", "100.00")
+    refunded = command(client, pid, "refund", {"amount": "10.00"}).json()
+    assert (refunded["status"], refunded["refunded_amount"]) == ("partially_refunded", "10.00")
+    assert command(client, pid, "refund").json()["status"] == "refunded"
+
+    detail = client.get(response["Location"])
+    assert detail.status_code == 200
+    body = detail.json()
+    assert body["status"] == "refunded"
+    assert body["version"] == 5
+    assert [e["type"] for e in body["events"]] == [
+        "PaymentCreated", "PaymentAuthorized", "PaymentSettled", "PaymentSettled",
+        "PaymentRefunded", "PaymentRefunded",
+    ]
+    assert [e["version"] for e in body["events"]] == list(range(6))
+    first = body["events"][0]
+    assert set(first) == {"type", "data", "version", "position", "occurred_at"}
+    assert first["data"]["amount"] == "100.00"
+
+
+def test_decline(client: APIClient) -> None:
+    pid = create(client)["id"]
+    declined = command(client, pid, "decline", {"bank_name": "B", "decline_code": "n7"})
+    assert declined.status_code == 200
+    assert (declined.json()["status"], declined.json()["decline_code"]) == ("declined", "N7")
+
+
+# --- 400: bad input, with the domain's messages ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"amount": "ten"}, "amount", "is not a number"),
+        ({"amount": "-5"}, "amount", "must be greater than 0"),
+        ({"amount": "0"}, "amount", "must be greater than 0"),
+        ({"amount": "1.001"}, "amount", "at most 2 decimal places"),
+        ({"amount": "1234567890123"}, "amount", "must be at most 999,999,999,999.99"),
+        ({"amount": 10.5}, "amount", "not a float"),
+        ({"amount": True}, "amount", "decimal string"),
+        ({"amount": ["1"]}, "amount", "decimal string"),
+        ({}, "amount", "required"),
+        ({"amount": "1", "currency": "EURO"}, "currency", "three-letter ISO 4217"),
+        ({"amount": "1", "currency": 978}, "currency", "must be a string"),
+        ({"amount": "1", "colour": "red"}, "colour", "unknown field"),
+        ({"amount": "1", "expected_version": 0}, "expected_version", "unknown field"),
+    ],
+)
+def test_create_refuses_bad_input_by_field(
+    client: APIClient, body: dict[str, Any], field: str, message: str
+) -> None:
+    response = client.post("/api/payments/", body, format="json")
+    assert response.status_code == 400
+    errors = response.json()
+    assert list(errors) == [field]
+    assert message in errors[field][0]
+
+
+def test_a_json_integer_amount_is_exact_and_accepted(client: APIClient) -> None:
+    assert create(client, amount=25)["amount"] == "25.00"
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "field", "message"),
+    [
+        ("authorize", {"bank_name": "   "}, "bank_name", "must not be empty"),
+        ("authorize", {"bank_name": "B" * 101}, "bank_name", "at most 100 characters"),
+        ("authorize", {}, "bank_name", "required"),
+        ("authorize", {"bank_name": "B", "expected_version": -1}, "expected_version", "0"),
+        ("authorize", {"bank_name": "B", "bank": "B"}, "bank", "unknown field"),
+        ("decline", {"bank_name": "B", "decline_code": "12345"}, "decline_code", "1 to 4"),
+        ("decline", {"bank_name": "B", "decline_code": "0-5"}, "decline_code", "1 to 4"),
+        ("settle", {"amount": "0.001"}, "amount", "at most 2 decimal places"),
+        ("settle", {"ammount": "5"}, "ammount", "unknown field"),
+        ("refund", {"amount": "abc"}, "amount", "is not a number"),
+    ],
+)
+def test_commands_refuse_bad_input_by_field(
+    client: APIClient, action: str, body: dict[str, Any], field: str, message: str
+) -> None:
+    pid = create(client)["id"]
+    response = command(client, pid, action, body)
+    assert response.status_code == 400
+    assert message in response.json()[field][0]
+    assert stream_length(pid) == 1
+
+
+def test_a_body_that_is_not_an_object_is_a_400(client: APIClient) -> None:
+    response = client.post("/api/payments/", ["100.00"], format="json")
+    assert response.status_code == 400
+    malformed = client.post("/api/payments/", "{not json", content_type="application/json")
+    assert malformed.status_code == 400
+
+
+# --- 404, 409 ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payment_id", [str(uuid4()), "not-a-uuid", "12345"])
+def test_unknown_or_malformed_ids_are_404(client: APIClient, payment_id: str) -> None:
+    assert client.get(f"/api/payments/{payment_id}/").status_code == 404
+    response = command(client, payment_id, "authorize", {"bank_name": "B"})
+    assert response.status_code == 404
+    assert "not found" in response.json()["detail"]
+
+
+def test_a_refused_transition_is_409_naming_the_status(client: APIClient) -> None:
+    pid = create(client)["id"]
+    response = command(client, pid, "refund")
+    assert response.status_code == 409
+    assert "pending" in response.json()["detail"]
+    assert stream_length(pid) == 1
+
+
+def test_settling_more_than_outstanding_is_409(client: APIClient) -> None:
+    pid = create(client, "10.00")["id"]
+    command(client, pid, "authorize", {"bank_name": "B"})
+    response = command(client, pid, "settle", {"amount": "10.01"})
+    assert response.status_code == 409
+    assert "authorized" in response.json()["detail"]
+
+
+def test_an_expected_version_mismatch_is_409(client: APIClient) -> None:
+    pid = create(client)["id"]
+    response = command(client, pid, "authorize", {"bank_name": "B", "expected_version": 3})
+    assert response.status_code == 409
+    assert "version 0" in response.json()["detail"]
+    assert "pending" in response.json()["detail"]
+    ok = command(client, pid, "authorize", {"bank_name": "B", "expected_version": 0})
+    assert ok.status_code == 200
+
+
+# --- 503 ---------------------------------------------------------------------------------
+
+
+def test_an_unreachable_event_store_is_503(client: APIClient, settings: Any,
+                                           tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    settings.EVENTSTORE_URI = f"sqlite:///{blocker / 'events.sqlite3'}"
+    reset_event_store()
+    for response in (
+        client.post("/api/payments/", {"amount": "1.00"}, format="json"),
+        client.get(f"/api/payments/{uuid4()}/"),
+        command(client, str(uuid4()), "settle"),
+    ):
+        assert response.status_code == 503
+        assert "unreachable" in response.json()["detail"]
+        assert response["Retry-After"]
+
+
+# --- Idempotency-Key ----------------------------------------------------------------------
+
+
+def test_a_retried_create_returns_the_first_answer_and_appends_nothing(client: APIClient) -> None:
+    first = client.post("/api/payments/", {"amount": "5.00"}, format="json",
+                        headers={"Idempotency-Key": "k1"})
+    again = client.post("/api/payments/", {"amount": "5.00"}, format="json",
+                        headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    assert first["Location"] == again["Location"]
+    assert again["Idempotent-Replayed"] == "true"
+    assert stream_length(first.json()["id"]) == 1
+
+
+def test_a_retried_command_returns_the_first_answer_even_after_later_changes(
+    client: APIClient,
+) -> None:
+    pid = create(client)["id"]
+    command(client, pid, "authorize", {"bank_name": "B"})
+    first = command(client, pid, "settle", {"amount": "30.00"}, **{"Idempotency-Key": "s1"})
+    command(client, pid, "settle", {"amount": "20.00"})
+    again = command(client, pid, "settle", {"amount": "30.00"}, **{"Idempotency-Key": "s1"})
+    assert (first.status_code, first.json()) == (again.status_code, again.json())
+    assert again.json()["settled_amount"] == "30.00"
+    assert stream_length(pid) == 4
+
+
+def test_a_retry_after_losing_the_record_appends_nothing(client: APIClient) -> None:
+    """A crash between the append and the record: the service's own key still holds."""
+    pid = create(client)["id"]
+    first = command(client, pid, "authorize", {"bank_name": "B"}, **{"Idempotency-Key": "a1"})
+    IdempotencyRecord.objects.all().delete()
+    again = command(client, pid, "authorize", {"bank_name": "B"}, **{"Idempotency-Key": "a1"})
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert stream_length(pid) == 2
+
+
+def test_a_refusal_is_the_first_answer_too(client: APIClient) -> None:
+    pid = create(client)["id"]
+    first = command(client, pid, "settle", {}, **{"Idempotency-Key": "early"})
+    assert first.status_code == 409
+    command(client, pid, "authorize", {"bank_name": "B"})
+    again = command(client, pid, "settle", {}, **{"Idempotency-Key": "early"})
+    assert (again.status_code, again.json()) == (409, first.json())
+    assert stream_length(pid) == 2
+
+
+def test_bad_input_is_not_remembered_so_the_key_can_be_reused_once_fixed(
+    client: APIClient,
+) -> None:
+    bad = client.post("/api/payments/", {"amount": "x"}, format="json",
+                      headers={"Idempotency-Key": "fix-me"})
+    assert bad.status_code == 400
+    good = client.post("/api/payments/", {"amount": "1"}, format="json",
+                       headers={"Idempotency-Key": "fix-me"})
+    assert good.status_code == 201
+
+
+def test_reusing_a_key_for_another_request_is_422(client: APIClient) -> None:
+    pid = create(client)["id"]
+    command(client, pid, "authorize", {"bank_name": "B"}, **{"Idempotency-Key": "k"})
+    for response in (
+        command(client, pid, "authorize", {"bank_name": "Other"}, **{"Idempotency-Key": "k"}),
+        command(client, pid, "decline", {"bank_name": "B", "decline_code": "05"},
+                **{"Idempotency-Key": "k"}),
+        client.post("/api/payments/", {"amount": "1.00"}, format="json",
+                    headers={"Idempotency-Key": "k"}),
+    ):
+        assert response.status_code == 422
+        assert "already used for a different request" in response.json()["detail"]
+    assert stream_length(pid) == 2
+
+
+def test_the_service_refuses_a_reused_key_even_without_the_record(client: APIClient) -> None:
+    pid = create(client)["id"]
+    command(client, pid, "authorize", {"bank_name": "B"}, **{"Idempotency-Key": "k"})
+    IdempotencyRecord.objects.all().delete()
+    response = command(client, pid, "authorize", {"bank_name": "C"}, **{"Idempotency-Key": "k"})
+    assert response.status_code == 422
+
+
+def test_keys_belong_to_their_user(client: APIClient) -> None:
+    body = {"amount": "7.00"}
+    mine = client.post("/api/payments/", body, format="json", headers={"Idempotency-Key": "same"})
+    bob = APIClient()
+    bob.force_authenticate(get_user_model().objects.create_user("bob"))
+    theirs = bob.post("/api/payments/", body, format="json", headers={"Idempotency-Key": "same"})
+    assert mine.status_code == theirs.status_code == 201
+    assert mine.json()["id"] != theirs.json()["id"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256])
+def test_a_malformed_key_is_400(client: APIClient, key: str) -> None:
+    response = client.post("/api/payments/", {"amount": "1"}, format="json",
+                           headers={"Idempotency-Key": key})
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()
+
+
+def test_purge_idempotency_keys_keeps_a_day(client: APIClient) -> None:
+    client.post("/api/payments/", {"amount": "1"}, format="json", headers={"Idempotency-Key": "a"})
+    client.post("/api/payments/", {"amount": "2"}, format="json", headers={"Idempotency-Key": "b"})
+    IdempotencyRecord.objects.filter(key="a").update(
+        created_at=timezone.now() - timedelta(hours=25))
+    out = StringIO()
+    call_command("purge_idempotency_keys", "--older-than-hours", "24", stdout=out)
+    assert "deleted 1 " in out.getvalue()
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["b"]
+    with pytest.raises(CommandError, match="at least 24 hours"):
+        call_command("purge_idempotency_keys", "--older-than-hours", "1")
+
+
+# --- authentication ----------------------------------------------------------------------
+
+ENDPOINTS = [
+    ("get", "/api/payments/"),
+    ("post", "/api/payments/"),
+    ("get", "/api/payments/{id}/"),
+    ("post", "/api/payments/{id}/authorize/"),
+    ("post", "/api/payments/{id}/settle/"),
+    ("post", "/api/payments/{id}/refund/"),
+    ("post", "/api/payments/{id}/decline/"),
+    ("get", "/api/declines/"),
+    ("get", "/api/schema/"),
+    ("get", "/api/docs/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_anonymous_callers_are_refused_everywhere(client: APIClient, method: str,
+                                                  path: str) -> None:
+    pid = create(client)["id"]
+    anonymous = APIClient()
+    response = getattr(anonymous, method)(path.format(id=pid), {"amount": "1"}, format="json") \
+        if method == "post" else anonymous.get(path.format(id=pid))
+    assert response.status_code in (401, 403)
+    assert stream_length(pid) == 1
+
+
+def test_a_wrong_token_is_refused(client: APIClient) -> None:
+    response = APIClient().get("/api/payments/", headers={"Authorization": "Token nope"})
+    assert response.status_code == 401
+
+
+def test_token_authentication(user: Any) -> None:
+    token = Token.objects.create(user=user)
+    api = APIClient(headers={"Authorization": f"Token {token.key}"})
+    created = api.post("/api/payments/", {"amount": "3.00"}, format="json")
+    assert created.status_code == 201
+    assert api.get(created["Location"]).status_code == 200
+    assert api.get("/api/schema/").status_code == 200
+
+
+def test_session_authentication_with_csrf(user: Any) -> None:
+    api = APIClient(enforce_csrf_checks=True)
+    api.force_login(user)
+    assert api.get("/api/payments/").status_code == 200
+    refused = api.post("/api/payments/", {"amount": "1"}, format="json")
+    assert refused.status_code == 403
+    assert "CSRF" in refused.json()["detail"]
+
+
+def test_schema_and_docs(client: APIClient) -> None:
+    schema = client.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"})
+    assert schema.status_code == 200
+    spec = schema.json()
+    assert spec["openapi"].startswith("3.")
+    settle = spec["paths"]["/api/payments/{payment_id}/settle/"]["post"]
+    assert {"200", "400", "404", "409", "422", "503"} <= set(settle["responses"])
+    assert "Idempotency-Key" in [p["name"] for p in settle["parameters"]]
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    html = docs.content.decode()
+    assert "drf_spectacular_sidecar/swagger-ui-dist" in html
+    assert "cdn" not in html.lower()
+
+
+# --- lists from the read models -----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the runners work in threads of their own
+def test_lists_filter_and_paginate(client: APIClient) -> None:
+    ids = [create(client, f"{n}.00")["id"] for n in range(1, 6)]
+    for pid in ids[:3]:
+        command(client, pid, "authorize", {"bank_name": "Acme"})
+    command(client, ids[3], "decline", {"bank_name": "Acme", "decline_code": "05"})
+    command(client, ids[4], "decline", {"bank_name": "Zeta", "decline_code": "51"})
+    call_command("run_projection", "all", "--once")
+
+    everything = client.get("/api/payments/").json()
+    assert everything["count"] == 5
+    assert set(everything["results"][0]) == PAYMENT_FIELDS | {"created_at", "updated_at"}
+    updated = [row["updated_at"] for row in everything["results"]]
+    assert updated == sorted(updated, reverse=True)
+
+    authorized = client.get("/api/payments/", {"status": "authorized"}).json()
+    assert {row["id"] for row in authorized["results"]} == set(ids[:3])
+    assert client.get("/api/payments/", {"bank_name": "Zeta"}).json()["count"] == 1
+    assert client.get("/api/payments/", {"currency": "eur"}).json()["count"] == 5
+    assert client.get("/api/payments/", {"status": "lost"}).status_code == 400
+    assert client.get("/api/payments/", {"currency": "E"}).status_code == 400
+
+    page = client.get("/api/payments/", {"page_size": 2, "page": 2}).json()
+    assert len(page["results"]) == 2
+    assert page["next"]
+    assert page["previous"]
+    assert client.get("/api/payments/", {"page": 9}).status_code == 404
+
+    declines = client.get("/api/declines/").json()
+    assert declines["count"] == 2
+    assert set(declines["results"][0]) == {"decline_code", "bank_name", "date", "count"}
+    today = declines["results"][0]["date"]
+    only = client.get("/api/declines/", {"decline_code": "05", "bank_name": "Acme",
+                                         "date": today}).json()
+    assert [(r["decline_code"], r["count"]) for r in only["results"]] == [("05", 1)]
+    assert client.get("/api/declines/", {"date": "1999-01-01"}).json()["count"] == 0
+    assert client.get("/api/declines/", {"date": "yesterday"}).status_code == 400
+    assert client.get("/api/declines/", {"page_size": 1}).json()["next"]
