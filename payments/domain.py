@@ -110,7 +110,7 @@ class AmountExceedsBalance(PaymentError):
 def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
     """A positive amount with at most 2 decimal places and 12 integer digits."""
     if isinstance(value, float):
-        raise InvalidInput(field, "must be given as a string or Decimal, not a float")
+        raise InvalidInput(field, 'must be a decimal string such as "12.50", not a float')
     try:
         amount = Decimal(value.strip() if isinstance(value, str) else value)
     except (InvalidOperation, ValueError, TypeError):
