@@ -28,6 +28,7 @@ from projections.projectors import Decoded, Projection, ProjectionError
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+FIRST_EVENT_WAIT = 0.25  # seconds; also how often a stop request is noticed
 
 
 class CheckpointMoved(Exception):
@@ -67,14 +68,12 @@ class ProjectionRunner:
         store: EventStore,
         *,
         batch_size: int = 1000,
-        max_batch_seconds: float = 0.2,
         stop: threading.Event | None = None,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.projection = projection
         self.store = store
         self.batch_size = batch_size
-        self.max_batch_seconds = max_batch_seconds
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
         self.progress = Progress()
@@ -130,22 +129,13 @@ class ProjectionRunner:
                     return
 
     def _collect(self, subscription: Subscription) -> list[RecordedEvent]:
-        """Up to ``batch_size`` events: whatever is there now, within the time bound.
+        """Up to ``batch_size`` events: waits (briefly) only for the first one.
 
-        It waits only for the first event; then it takes what has arrived, so a
-        lone live event is committed at once and a catch-up fills whole batches.
+        Then it takes what has already arrived, so a lone live event is committed at
+        once, a catch-up fills whole batches, and no batch waits on a trickle: the
+        batch is bounded by size and by time.
         """
-        first = subscription.get(timeout=0.25)
-        if first is None:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.max_batch_seconds
-        while len(batch) < self.batch_size and time.monotonic() < deadline:
-            following = subscription.get(timeout=0)
-            if following is None:
-                break
-            batch.append(following)
-        return batch
+        return subscription.get_many(self.batch_size, timeout=FIRST_EVENT_WAIT)
 
     def _commit(self, batch: list[RecordedEvent], position: int) -> int:
         """Apply the batch and move the checkpoint in one transaction; the new position.

@@ -128,6 +128,20 @@ class Subscription(Closing):
     def closed(self) -> bool:
         raise NotImplementedError
 
+    def get_many(self, max_count: int, timeout: float) -> list[RecordedEvent]:
+        """Up to ``max_count`` events: waits at most ``timeout`` for the first one, then
+        takes only what is already there (so a batch never waits on a slow trickle)."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < max_count:
+            following = self.get(0)
+            if following is None:
+                break
+            batch.append(following)
+        return batch
+
     def __iter__(self) -> Iterator[RecordedEvent]:
         """Every event, waiting for live ones, until closed."""
         while not self.closed:
