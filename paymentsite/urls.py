@@ -1,9 +1,16 @@
-"""URL configuration: the admin and the REST API (the HTML pages arrive with their issue)."""
+"""URL configuration: the HTML pages, Django's login, the admin and the REST API."""
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 urlpatterns = [
+    path("", include("projections.urls")),
+    path("payments/", include("payments.urls")),
+    # Only log in and out: accounts are made by an administrator (manage.py / admin).
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True),
+         name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include("payments.api.urls")),
     # DRF's login page, for the session that the browsable docs at /api/docs/ need.

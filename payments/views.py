@@ -1,0 +1,131 @@
+"""The payment pages: the create form, a payment's page and its command forms.
+
+The payment's page reads the stream (``find_payment``), never a projection, so after
+a command (POST, then redirect) the user sees the new state at once. Each command
+view validates one form and calls one service function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from payments import services
+from payments.domain import Action, AmountExceedsBalance, InvalidInput, TransitionNotAllowed
+from payments.forms import (
+    AuthorizeForm,
+    CommandForm,
+    CreatePaymentForm,
+    DeclineForm,
+    RefundForm,
+    SettleForm,
+)
+
+COMMANDS: dict[Action, tuple[type[CommandForm], Any]] = {
+    Action.AUTHORIZE: (AuthorizeForm, services.authorize_payment),
+    Action.SETTLE: (SettleForm, services.settle_payment),
+    Action.REFUND: (RefundForm, services.refund_payment),
+    Action.DECLINE: (DeclineForm, services.decline_payment),
+}
+
+# A rule of the payment, a concurrent change or a reused key refused the command.
+REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, services.ConcurrencyConflict,
+            services.IdempotencyKeyReused)
+
+
+def _auto_id(action: Action) -> str:
+    """Element ids per form (``settle-amount``), since several forms share field names."""
+    return f"{action}-%s"
+
+
+def _fresh_form(action: Action, version: int) -> CommandForm:
+    form_class, _ = COMMANDS[action]
+    return form_class(auto_id=_auto_id(action),
+                      initial={"expected_version": version, "idempotency_key": uuid4()})
+
+
+def _payment_page(
+    request: HttpRequest, payment_id: UUID, *, failed: tuple[Action, CommandForm] | None = None,
+    refusal: str | None = None, status: int = 200,
+) -> HttpResponse:
+    """The payment's state, its history and one form per allowed action."""
+    try:
+        found = services.find_payment(payment_id=payment_id)
+    except services.PaymentNotFound:
+        raise Http404(f"payment {payment_id} not found") from None
+    payment = found.payment
+    errors = [refusal] if refusal else []
+    forms = []
+    for action in payment.allowed_actions:
+        if failed and failed[0] == action:
+            forms.append((action, failed[1]))
+        else:
+            forms.append((action, _fresh_form(action, payment.version)))
+    if failed and failed[0] not in payment.allowed_actions:
+        # The status moved on: the failed form is not shown, so say why at the top.
+        errors.append(f"cannot {failed[0]} a payment that is {payment.status}")
+    return render(request, "payments/detail.html", {
+        "payment": payment, "history": found.history, "forms": forms, "errors": errors,
+    }, status=status)
+
+
+@login_required
+@require_GET
+def payment_detail(request: HttpRequest, payment_id: UUID) -> HttpResponse:
+    """GET /payments/<id>/: read from the stream, always current."""
+    return _payment_page(request, payment_id)
+
+
+@login_required
+@require_POST
+def payment_command(request: HttpRequest, payment_id: UUID, action: str) -> HttpResponse:
+    """POST /payments/<id>/<action>/: one command, then back to the payment's page."""
+    try:
+        command = Action(action)
+    except ValueError:
+        raise Http404(f"no action {action!r}") from None
+    form_class, service = COMMANDS[command]
+    form = form_class(request.POST, auto_id=_auto_id(command))
+    if not form.is_valid():
+        return _payment_page(request, payment_id, failed=(command, form), status=400)
+    try:
+        payment = service(payment_id=payment_id, **form.arguments(),
+                          **form.command_options(request.user.pk))
+    except InvalidInput as e:
+        form.add_error(e.field if e.field in form.fields else None, e.message)
+        return _payment_page(request, payment_id, failed=(command, form), status=400)
+    except services.PaymentNotFound:
+        raise Http404(f"payment {payment_id} not found") from None
+    except REFUSALS as e:
+        return _payment_page(request, payment_id, refusal=str(e), status=409)
+    messages.success(request, f"{command.capitalize()}: the payment is now {payment.status}.")
+    return redirect("payments:detail", payment_id=payment.id)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def payment_new(request: HttpRequest) -> HttpResponse:
+    """GET the create form; POST creates the payment and goes to its page."""
+    if request.method == "GET":
+        form = CreatePaymentForm(initial={"idempotency_key": uuid4()})
+        return render(request, "payments/new.html", {"form": form})
+    form = CreatePaymentForm(request.POST)
+    if form.is_valid():
+        try:
+            payment = services.create_payment(**form.arguments(),
+                                              **form.command_options(request.user.pk))
+        except InvalidInput as e:
+            form.add_error(e.field if e.field in form.fields else None, e.message)
+        except services.IdempotencyKeyReused as e:
+            form.add_error(None, str(e))
+        else:
+            messages.success(request, f"Created: the payment of {payment.amount}"
+                                      f" {payment.currency} is {payment.status}.")
+            return redirect("payments:detail", payment_id=payment.id)
+    return render(request, "payments/new.html", {"form": form}, status=400)
