@@ -139,3 +139,14 @@ def test_bad_data_stops_the_projections_that_read_that_type() -> None:
 def test_batch_size_must_be_positive() -> None:
     with pytest.raises(CommandError, match="at least 1"):
         run_projection("all", "--once", "--batch-size", "0")
+
+
+def test_the_rebuild_progress_bar_shows_events_rate_and_eta() -> None:
+    from projections.management.commands.run_projection import progress_bar
+
+    progress = Progress(applied=2_500, start=1_000, position=3_500, head=11_000)
+    line = progress_bar("payment", progress, rate=1_250.0, width=10)
+    assert line.startswith("payment  25% |██        | ")
+    assert "2,500 events" in line
+    assert "1,250 ev/s" in line
+    assert "ETA 00:00:06" in line  # 7,500 events to go at 1,250 a second

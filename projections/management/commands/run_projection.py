@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from argparse import ArgumentParser
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -50,10 +51,11 @@ class Command(BaseCommand):
     def _run(self, names: list[str], options: dict[str, Any], stop: threading.Event) -> None:
         store = get_event_store()
         runners = []
+        reporter = _Reporter(self.stdout, show_bar=options["reset"])
         for name in names:
             runners.append(ProjectionRunner(
                 PROJECTIONS[name](), store, batch_size=options["batch_size"], stop=stop,
-                on_progress=_reporter(name, self.stdout, show_bar=options["reset"]),
+                on_progress=reporter.for_projection(name),
             ))
         failures = _run_all(runners, once=options["once"], reset=options["reset"], stop=stop)
         if options["reset"] and self.stdout.isatty():
@@ -106,27 +108,37 @@ def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
     return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _reporter(name: str, stdout: OutputWrapper, *, show_bar: bool) -> Any:
-    """A progress bar on a terminal (rebuilds); a plain line every few seconds otherwise."""
-    last_line = [0.0]
-    bar = show_bar and stdout.isatty()
+class _Reporter:
+    """Progress for every runner of the command: on a terminal during a rebuild, one
+    line redrawn in place (one bar per projection, side by side, so two runners never
+    fight over the line); otherwise a plain line per projection every few seconds."""
 
-    def report(progress: Progress) -> None:
+    def __init__(self, stdout: OutputWrapper, *, show_bar: bool) -> None:
+        self.stdout = stdout
+        self.bar = show_bar and stdout.isatty()
+        self.latest: dict[str, tuple[Progress, float]] = {}
+        self.last_line: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def for_projection(self, name: str) -> Callable[[Progress], None]:
+        return lambda progress: self.report(name, progress)
+
+    def report(self, name: str, progress: Progress) -> None:
         now = time.monotonic()
-        elapsed = max(now - progress.started, 1e-9)
-        rate = progress.applied / elapsed
-        if bar:
-            stdout.write("\r" + progress_bar(name, progress, rate), ending="")
-            stdout.flush()
-            return
-        if now - last_line[0] >= LOG_EVERY_SECONDS:
-            last_line[0] = now
-            stdout.write(
-                f"{name}: {progress.applied} events applied, at position {progress.position}"
-                f" of {progress.head}, {rate:.0f} events/s"
-            )
-
-    return report
+        rate = progress.applied / max(now - progress.started, 1e-9)
+        with self.lock:
+            if self.bar:
+                self.latest[name] = (progress, rate)
+                line = "   ".join(progress_bar(n, p, r, width=20 if len(self.latest) > 1 else 30)
+                                  for n, (p, r) in self.latest.items())
+                self.stdout.write("\r" + line + "\x1b[K", ending="")  # K: clear the rest
+                self.stdout.flush()
+            elif now - self.last_line.get(name, 0.0) >= LOG_EVERY_SECONDS:
+                self.last_line[name] = now
+                self.stdout.write(
+                    f"{name}: {progress.applied} events applied, at position"
+                    f" {progress.position} of {progress.head}, {rate:.0f} events/s"
+                )
 
 
 def progress_bar(name: str, progress: Progress, rate: float, width: int = 30) -> str:
