@@ -85,11 +85,14 @@ def run() -> None:
     sh(PYTHON, "manage.py", "migrate", "--verbosity", "0")
     password = ensure_login()
     print(
-        "\nReady. Log in at http://127.0.0.1:8000/admin/ as"
+        "\nReady. Log in at http://127.0.0.1:8000/ as"
         f" {ADMIN_USER} / {password}  (kept in var/login.txt)\n"
+        "The projections run beside the server (Ctrl-C stops both).\n"
         "In another terminal:  .venv/bin/python manage.py api -a create -v 100.00\n",
         flush=True,
     )
+    # Same process group: the terminal's Ctrl-C reaches the runner too.
+    subprocess.Popen([PYTHON, "manage.py", "run_projection", "all"], cwd=ROOT)
     os.execv(PYTHON, [str(PYTHON), "manage.py", "runserver", "127.0.0.1:8000"])
 
 
