@@ -33,6 +33,7 @@ from payments.domain import (
     Payment,
     PaymentError,
     apply,
+    fold,
     parse_amount,
     parse_bank_name,
     parse_currency,
@@ -269,15 +270,16 @@ def _command_ids(
 
 def _replay(loaded: _Loaded, event_id: UUID, command_id: UUID) -> Payment | None:
     """The state right after this command's event, if the stream has it already."""
-    payment: Payment | None = None
-    for record, event in zip(loaded.records, loaded.events, strict=True):
-        payment = apply(payment, event, record.version)
-        if record.id == event_id:
-            if decode_metadata(record.metadata).get("$causationId") != str(command_id):
-                raise IdempotencyKeyReused(
-                    "this idempotency key was already used for a different request"
-                )
-            return payment
+    for index, record in enumerate(loaded.records):
+        if record.id != event_id:
+            continue
+        if decode_metadata(record.metadata).get("$causationId") != str(command_id):
+            raise IdempotencyKeyReused(
+                "this idempotency key was already used for a different request"
+            )
+        if index == len(loaded.records) - 1:
+            return loaded.payment  # the usual retry: its event is still the last one
+        return fold(loaded.events[: index + 1])
     return None
 
 
