@@ -1,0 +1,323 @@
+"""The pages in a real browser: Debian's chromium driven by Selenium through
+/usr/bin/chromedriver (given explicitly, so Selenium Manager never looks online).
+
+As a user: log in, create a payment, authorize, settle part, settle the rest, refund;
+create another and decline it; a bad amount shows its error beside the field; with the
+projection runners following live, both payments are in the list and the decline in
+the report. A screenshot of each page visited goes to $SCREENSHOT_DIR
+(default var/screenshots). A missing chromium or chromedriver fails these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from payments.eventstore import get_event_store
+from projections.projectors import PROJECTIONS
+from projections.runner import ProjectionRunner
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ACTIONS = ("authorize", "settle", "refund", "decline")
+USERNAME, PASSWORD = "clerk", "a long browser test password"
+BANK = "Acme <b>Bank</b>"
+WAIT = 15  # seconds any one page or read model may take
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def screenshot_dir() -> Path:
+    folder = Path(os.environ.get("SCREENSHOT_DIR") or "var/screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.fail(f"browser tests need Debian's chromium and chromium-driver: missing "
+                    f"{', '.join(missing)} (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser.set_page_load_timeout(WAIT * 2)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+class User:
+    """The browser as a user: open pages, fill forms, look at what is shown."""
+
+    def __init__(self, driver: WebDriver, base_url: str, shots: Path, prefix: str) -> None:
+        self.driver = driver
+        self.base_url = base_url
+        self.shots = shots
+        self.prefix = prefix
+        self.taken = 0
+
+    def wait(self) -> WebDriverWait:
+        return WebDriverWait(self.driver, WAIT, poll_frequency=0.1)
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base_url + path)
+
+    def screenshot(self, name: str) -> Path:
+        self.taken += 1
+        path = self.shots / f"{self.prefix}-{self.taken:02d}-{name}.png"
+        assert self.driver.save_screenshot(str(path)), path
+        return path
+
+    def find(self, selector: str) -> WebElement:
+        return self.driver.find_element(By.CSS_SELECTOR, selector)
+
+    def all(self, selector: str) -> list[WebElement]:
+        return self.driver.find_elements(By.CSS_SELECTOR, selector)
+
+    def page(self) -> str:
+        return self.find("body").get_attribute("data-page")
+
+    def fill(self, selector: str, value: str) -> None:
+        field = self.find(selector)
+        field.clear()
+        field.send_keys(value)
+
+    def submit(self, button: str) -> None:
+        """Click a submit button and wait for the page it leads to."""
+        old = self.find("html")
+        self.find(button).click()
+        self.wait().until(EC.staleness_of(old))
+        self.wait().until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def log_in(self, username: str, password: str) -> None:
+        self.open("/")
+        assert self.page() == "login"  # every page needs a login
+        self.screenshot("login")
+        self.fill("#id_username", username)
+        self.fill("#id_password", password)
+        self.submit("#login-button")
+        assert self.page() == "overview"
+        assert self.find("#logout-form").text.startswith(username)
+
+    # --- a payment's page ---
+
+    def status(self) -> str:
+        return self.find("#payment-status").get_attribute("data-status")
+
+    def timeline(self) -> list[str]:
+        return [li.get_attribute("data-type") for li in self.all("#timeline li.event")]
+
+    def action_forms(self) -> set[str]:
+        return {a for a in ACTIONS if self.all(f"#form-{a}")}
+
+    def payment_id(self) -> str:
+        match = re.search(r"/payments/([0-9a-f-]{36})/$", self.driver.current_url)
+        assert match, self.driver.current_url
+        return match.group(1)
+
+    def refresh_until(self, condition: Callable[[], bool]) -> None:
+        """Reload the page until the condition holds (a read model catching up)."""
+
+        def reloaded(driver: WebDriver) -> bool:
+            driver.refresh()
+            try:
+                return condition()
+            except (NoSuchElementException, StaleElementReferenceException):
+                return False
+
+        WebDriverWait(self.driver, WAIT, poll_frequency=0.25).until(reloaded)
+
+
+@pytest.fixture
+def user(driver: WebDriver, live_server, transactional_db, request) -> User:
+    get_user_model().objects.create_user(USERNAME, password=PASSWORD)
+    driver.delete_all_cookies()
+    prefix = re.sub(r"[^\w.-]+", "-", request.node.name.removeprefix("test_")).strip("-")
+    return User(driver, live_server.url, screenshot_dir(), prefix)
+
+
+@pytest.fixture
+def projection_runners(transactional_db) -> Iterator[list[ProjectionRunner]]:
+    """Both projections followed live in background threads, as `run_projection all`."""
+    store = get_event_store()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    runners = [ProjectionRunner(projection(), store, stop=stop)
+               for projection in PROJECTIONS.values()]
+
+    def run(runner: ProjectionRunner) -> None:
+        try:
+            runner.run()
+        except BaseException as e:  # reported by the test, not lost in the thread
+            failures.append(e)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(r,), name=f"runner-{r.name}", daemon=True)
+               for r in runners]
+    try:
+        for thread in threads:
+            thread.start()
+        yield runners
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT)
+    assert not [t.name for t in threads if t.is_alive()], "a runner did not stop"
+    assert not failures, failures
+
+
+def assert_bank_escaped(element: WebElement) -> None:
+    """The bank name's markup is shown as text, never parsed into elements."""
+    assert element.text == BANK
+    assert not element.find_elements(By.CSS_SELECTOR, "*")
+
+
+def test_a_payment_through_its_life_and_a_decline(user: User, projection_runners) -> None:
+    user.log_in(USERNAME, PASSWORD)
+    user.screenshot("overview")
+
+    # Create.
+    user.find("#nav-new").click()
+    user.wait().until(lambda d: user.page() == "payment-new")
+    user.screenshot("new")
+    user.fill("#id_amount", "100.00")
+    user.submit("#create-button")
+    assert user.page() == "payment-detail"
+    paid = user.payment_id()
+    assert user.status() == "pending"
+    assert user.find("#payment-amount").text == "100.00 EUR"
+    assert user.timeline() == ["PaymentCreated"]
+    assert user.action_forms() == {"authorize", "decline"}
+    assert "pending" in user.find("#messages").text
+    user.screenshot("detail-pending")
+
+    # Authorize, settle part, settle the rest, refund: one more event each time.
+    steps = [
+        ("authorize", {"#authorize-bank_name": BANK}, "authorized", "PaymentAuthorized",
+         {"settle", "decline"}),
+        ("settle", {"#settle-amount": "40.00"}, "partially_settled", "PaymentSettled",
+         {"settle", "refund"}),
+        ("settle", {}, "settled", "PaymentSettled", {"refund"}),
+        ("refund", {}, "refunded", "PaymentRefunded", set()),
+    ]
+    for action, fields, status, event, allowed in steps:
+        before = user.timeline()
+        for selector, value in fields.items():
+            user.fill(selector, value)
+        user.submit(f"#{action}-button")
+        assert user.payment_id() == paid
+        assert user.status() == status
+        assert user.find("#payment-status").text == status
+        assert user.timeline() == [*before, event]
+        assert user.action_forms() == allowed
+        assert f"now {status}" in user.find("#messages").text
+        assert not user.all("#payment-errors")
+        user.screenshot(f"detail-{status}")
+        if status == "partially_settled":
+            assert user.find("#payment-settled").text == "40.00"
+    assert user.find("#payment-settled").text == "100.00"
+    assert user.find("#payment-refunded").text == "100.00"
+    assert user.all("#no-actions")
+    assert_bank_escaped(user.find("#payment-bank"))
+    versions = [li.get_attribute("data-version") for li in user.all("#timeline li.event")]
+    assert versions == sorted(versions, key=int)  # oldest first
+    assert versions[-1] == user.find("#payment-version").text
+
+    # Another payment, declined.
+    user.open("/payments/new/")
+    user.fill("#id_amount", "25.50")
+    user.submit("#create-button")
+    declined = user.payment_id()
+    assert declined != paid
+    assert user.action_forms() == {"authorize", "decline"}
+    user.fill("#decline-bank_name", BANK)
+    user.fill("#decline-decline_code", "05")
+    user.submit("#decline-button")
+    assert user.status() == "declined"
+    assert user.timeline() == ["PaymentCreated", "PaymentDeclined"]
+    assert user.action_forms() == set()
+    assert user.all("#no-actions")
+    assert user.find("#payment-decline-code").text == "05"
+    assert_bank_escaped(user.find("#payment-bank"))
+    user.screenshot("detail-declined")
+
+    # The read models, kept by the runners in the background: the list...
+    user.find("#nav-payments").click()
+
+    def row(payment_id: str) -> str:
+        return f'#payments tr.payment-row[data-payment-id="{payment_id}"]'
+
+    user.refresh_until(lambda: bool(
+        user.all(row(paid)) and user.all(row(declined))
+        and "refunded" in user.find(row(paid)).text
+        and "declined" in user.find(row(declined)).text))
+    assert user.page() == "payment-list"
+    assert len(user.all("#payments tr.payment-row")) == 2
+    for payment_id in (paid, declined):
+        assert_bank_escaped(user.find(f"{row(payment_id)} td.bank"))
+    assert "05" in user.find(row(declined)).text
+    user.screenshot("list")
+
+    # ...the decline report...
+    user.find("#nav-declines").click()
+    user.refresh_until(lambda: bool(user.all("#declines tr.decline-row")))
+    assert user.page() == "declines"
+    [decline] = user.all("#declines tr.decline-row")
+    assert decline.find_element(By.CSS_SELECTOR, "td:nth-child(2)").text == "05"
+    assert decline.find_element(By.CSS_SELECTOR, "td.num").text == "1"
+    assert_bank_escaped(decline.find_element(By.CSS_SELECTOR, "td.bank"))
+    assert user.find('#declines-by-code tr[data-code="05"]').text.split() == ["05", "1"]
+    assert user.all('#declines-chart rect.bar[data-code="05"]')
+    user.screenshot("declines")
+
+    # ...and the overview, caught up.
+    user.find("#nav-overview").click()
+    user.refresh_until(lambda: user.find("#status-total").text == "2"
+                       and all(td.text == "0" for td in user.all("#projection-lag td.lag")))
+    assert user.find('#status-counts tr[data-status="refunded"] td.count').text == "1"
+    assert user.find('#status-counts tr[data-status="declined"] td.count').text == "1"
+    assert len(user.all("#latest-payments tr.payment-row")) == 2
+    user.screenshot("overview-caught-up")
+
+
+@pytest.mark.parametrize("amount", ["abc", "0.001"])
+def test_a_bad_amount_shows_its_error_beside_the_field(user: User, amount: str) -> None:
+    user.log_in(USERNAME, PASSWORD)
+    user.find("#nav-new").click()
+    user.wait().until(lambda d: user.page() == "payment-new")
+    user.fill("#id_amount", amount)
+    user.submit("#create-button")
+    assert user.page() == "payment-new"  # still the form, no payment made
+    error = user.find("#id_amount_error")
+    assert error.text.strip()
+    # Beside its field: inside the amount's .field, named by its aria-describedby.
+    field = user.find("#id_amount")
+    assert field.find_element(By.XPATH, "..").get_attribute("class") == "field has-error"
+    assert "id_amount_error" in (field.get_attribute("aria-describedby") or "")
+    assert field.get_attribute("value") == amount
+    assert not user.all("#messages")
+    user.screenshot(f"new-error-{amount}")
