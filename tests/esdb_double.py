@@ -305,18 +305,10 @@ class _Streams(streams_pb2_grpc.StreamsServicer):
             else:
                 getattr(wrong, f"expected_{expected.kind}").CopyFrom(shared_pb2.Empty())
             return streams_pb2.AppendResp(wrong_expected_version=wrong)
-        success = streams_pb2.AppendResp.Success()
-        if outcome.revision < 0:
-            success.no_stream.CopyFrom(shared_pb2.Empty())
-        else:
-            success.current_revision = outcome.revision
-        position = self._reported_position(outcome)
-        if position is None:
-            success.no_position.CopyFrom(shared_pb2.Empty())
-        else:
-            success.position.CopyFrom(
-                streams_pb2.AppendResp.Position(commit_position=position, prepare_position=position)
-            )
+        success = self._success(
+            streams_pb2.AppendResp.Success(), outcome, shared_pb2.Empty,
+            streams_pb2.AppendResp.Position,
+        )
         return streams_pb2.AppendResp(success=success)
 
     def BatchAppend(  # gRPC method name
@@ -373,20 +365,27 @@ class _Streams(streams_pb2_grpc.StreamsServicer):
                 )
             )
             return response
-        success = streams_pb2.BatchAppendResp.Success()
+        success = self._success(
+            streams_pb2.BatchAppendResp.Success(), outcome, empty_pb2.Empty,
+            shared_pb2.AllStreamPosition,
+        )
+        response.success.CopyFrom(success)
+        return response
+
+    def _success(self, success: Any, outcome: _Written, empty: Any, position_type: Any) -> Any:
+        """Fill an Append or BatchAppend success: the two differ only in message types."""
         if outcome.revision < 0:
-            success.no_stream.CopyFrom(empty_pb2.Empty())
+            success.no_stream.CopyFrom(empty())
         else:
             success.current_revision = outcome.revision
         position = self._reported_position(outcome)
         if position is None:
-            success.no_position.CopyFrom(empty_pb2.Empty())
+            success.no_position.CopyFrom(empty())
         else:
             success.position.CopyFrom(
-                shared_pb2.AllStreamPosition(commit_position=position, prepare_position=position)
+                position_type(commit_position=position, prepare_position=position)
             )
-        response.success.CopyFrom(success)
-        return response
+        return success
 
     def _reported_position(self, outcome: _Written) -> int | None:
         """The position to answer with; none for a repeated append if so configured."""
