@@ -4,17 +4,31 @@
     python3 dev.py run    # virtualenv, dependencies, .env, migrations, a login; then serve
     python3 dev.py test   # the same set-up with the test tools; ruff, then pytest
 
+`test` runs the whole suite on SQLite, then the read-model suites (projections,
+runners, admin, API, pages) again on a throwaway PostgreSQL server it starts from
+the installed binaries and removes afterwards. Without a server installed that run
+is skipped (REQUIRE_POSTGRES=1, as in CI, makes that a failure).
+
 Standard library only: it runs before any dependency is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
+import re
 import secrets
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -96,12 +110,133 @@ def run() -> None:
     os.execv(PYTHON, [str(PYTHON), "manage.py", "runserver", "127.0.0.1:8000"])
 
 
+# The suites that touch the read-model database, run a second time on PostgreSQL.
+POSTGRES_SUITES = [
+    "tests/test_projections.py", "tests/test_runner.py", "tests/test_runner_faults.py",
+    "tests/test_projection_status.py", "tests/test_admin.py", "tests/test_api_rest.py",
+    "tests/test_api_command.py", "tests/test_pages.py",
+]
+PG_USER = "payments"
+PG_DATABASE = "paymentsite"
+
+
+def postgres_bindir() -> Path | None:
+    """Where the PostgreSQL server's programs are (pg_config's, else Debian's newest)."""
+    candidates = []
+    if pg_config := shutil.which("pg_config"):
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip():
+            candidates.append(Path(found.stdout.strip()))
+
+    def major(path: str) -> int:
+        number = Path(path).parent.name
+        return int(number) if number.isdigit() else 0
+
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=major,
+                                           reverse=True)]
+    for folder in candidates:
+        if all((folder / program).is_file() for program in ("postgres", "initdb", "pg_ctl")):
+            return folder
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def throwaway_postgres(bindir: Path) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL server of its own in a temporary folder, on 127.0.0.1 and a free port.
+
+    Yields (version, DATABASE_URL). Trust authentication on loopback, fsync off, C
+    collation (text sorts byte-wise, as on SQLite); stopped and deleted afterwards.
+    initdb refuses to run as root, so as root the server runs as the postgres user.
+    """
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="paymentsite-pg-"))
+    if os.geteuid() == 0:
+        import pwd  # Unix only, like the server itself
+
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            owner = pwd.getpwnam("nobody")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", owner.pw_name, "--"] if shutil.which("runuser") else [
+            "setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups"]
+    data = folder / "data"
+    version = subprocess.run([bindir / "postgres", "--version"], capture_output=True,
+                             text=True).stdout
+    major = re.search(r"\(PostgreSQL\) (\d+)", version)
+    port = free_port()
+
+    def run(*args: str | Path) -> None:
+        done = subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True,
+                              cwd=folder)
+        if done.returncode != 0:
+            log = folder / "server.log"
+            sys.exit(f"PostgreSQL: {' '.join(map(str, args))} failed:\n{done.stdout}"
+                     f"{done.stderr}{log.read_text() if log.exists() else ''}")
+
+    started = False
+    try:
+        run(bindir / "initdb", "-D", data, "-U", PG_USER, "--auth=trust", "--encoding=UTF8",
+            "--no-locale", "--no-sync")
+        options = " ".join(shlex.quote(o) for o in (
+            "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
+            "-c", f"unix_socket_directories={folder}", "-c", "fsync=off",
+            "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=200",
+        ))
+        run(bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "-t", "60",
+            "-o", options, "start")
+        started = True
+        run(bindir / "createdb", "-h", folder, "-p", str(port), "-U", PG_USER, PG_DATABASE)
+        yield (major.group(1) if major else "?",
+               f"postgres://{PG_USER}@127.0.0.1:{port}/{PG_DATABASE}")
+    finally:
+        if started:
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                            "-w", "stop"], capture_output=True, cwd=folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def postgres_run(env: dict[str, str]) -> None:
+    """The read-model suites again, on a PostgreSQL server of their own."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        print("\n== PostgreSQL run: SKIPPED, no PostgreSQL server is installed"
+              " (apt install postgresql; CI sets REQUIRE_POSTGRES=1 and installs it) ==",
+              flush=True)
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            sys.exit("REQUIRE_POSTGRES=1 but no PostgreSQL server was found"
+                     " (pg_config --bindir, /usr/lib/postgresql/*/bin)")
+        return
+    with throwaway_postgres(bindir) as (version, url):
+        print(f"\n== PostgreSQL {version} run == ({bindir}, {url})", flush=True)
+        started = time.monotonic()
+        sh(PYTHON, "-m", "pytest", *POSTGRES_SUITES, env={**env, "DATABASE_URL": url})
+        print(f"== PostgreSQL {version} run passed in {time.monotonic() - started:.0f} s ==",
+              flush=True)
+
+
 def test(pytest_args: list[str]) -> None:
     ensure_venv("requirements-dev.txt")
     sh(PYTHON, "-m", "ruff", "check", ".")
     # Tests never depend on a developer's .env; settings are read before any conftest.
     env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "tests-only-not-a-secret"}
-    sh(PYTHON, "-m", "pytest", *pytest_args, env=env)
+    print("\n== SQLite run ==", flush=True)
+    started = time.monotonic()
+    sh(PYTHON, "-m", "pytest", *pytest_args,
+       env={**env, "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db.sqlite3'}"})
+    print(f"== SQLite run passed in {time.monotonic() - started:.0f} s ==", flush=True)
+    if pytest_args:
+        print("== PostgreSQL run: skipped, pytest arguments were given"
+              " (python3 dev.py test alone runs both) ==")
+        return
+    postgres_run(env)
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ class IdempotencyRecord(models.Model):
         max_length=64, help_text="SHA-256 of method, path and JSON body"
     )
     status_code = models.PositiveSmallIntegerField()
-    response_body = models.JSONField()
+    # The JSON text itself, not a JSONField: PostgreSQL's jsonb reorders an object's
+    # keys, and a replay must be the first answer byte for byte.
+    response_body = models.TextField(help_text="the first answer's JSON body, verbatim")
     response_headers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 

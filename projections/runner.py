@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from payments.events import EVENT_TYPES, EventDecodeError, decode_event
 from payments.eventstore import EventStore, EventStoreUnavailable, RecordedEvent, Subscription
-from projections.locks import single_runner
+from projections.locks import Lock, holds, single_runner
 from projections.models import Checkpoint
 from projections.projectors import Decoded, Projection, ProjectionError
 
@@ -33,6 +33,11 @@ FIRST_EVENT_WAIT = 0.25  # seconds; also how often a stop request is noticed
 
 class CheckpointMoved(Exception):
     """Another runner moved the checkpoint under us: stop rather than double count."""
+
+
+class LockLost(Exception):
+    """The runner's database session that held its lock is gone (the connection was
+    closed and reopened): the batch in hand is rolled back, and the lock taken again."""
 
 
 @dataclass
@@ -77,6 +82,7 @@ class ProjectionRunner:
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
         self.progress = Progress()
+        self._lock: Lock | None = None
 
     @property
     def name(self) -> str:
@@ -86,15 +92,37 @@ class ProjectionRunner:
         """Hold the projection's lock and run until caught up (``once``) or stopped.
 
         ``reset`` clears the read model and checkpoint first, under the same lock, so
-        a rebuild never races a runner that is still applying events.
+        a rebuild never races a runner that is still applying events. Should the lock
+        be lost (its database session ended), the runner waits for it again and
+        resumes from the checkpoint.
         """
-        with single_runner(self.name, stop=self.stop) as acquired:
-            if not acquired:
-                return  # stopped while waiting for the other runner
-            if reset:
-                reset_projection(self.projection)
-                logger.info("projection %s: read model and checkpoint cleared", self.name)
-            self._run_with_retries(once=once)
+        while not self.stop.is_set():
+            with single_runner(self.name, stop=self.stop) as lock:
+                if lock is None:
+                    return  # stopped while waiting for the other runner
+                self._lock = lock
+                try:
+                    if reset:
+                        with transaction.atomic():
+                            reset_projection(self.projection)
+                            self._check_lock()
+                        reset = False
+                        logger.info("projection %s: read model and checkpoint cleared",
+                                    self.name)
+                    self._run_with_retries(once=once)
+                    return
+                except LockLost as e:
+                    logger.warning("projection %s: %s", self.name, e)
+                finally:
+                    self._lock = None
+
+    def _check_lock(self) -> None:
+        """Inside a batch's transaction: this connection's session still holds the lock."""
+        if self._lock is not None and not holds(self._lock):
+            raise LockLost(
+                "the database connection that held the runner's lock was closed; the batch"
+                " in hand is rolled back and the lock taken again"
+            )
 
     def _run_with_retries(self, *, once: bool) -> None:
         backoff = 0.5
@@ -162,8 +190,10 @@ class ProjectionRunner:
             last = record.position
         if last != position:
             with transaction.atomic():
-                if decoded:
-                    self.projection.apply(decoded)
+                # The checkpoint first: its row lock queues a second writer (PostgreSQL
+                # locks the row; SQLite's IMMEDIATE transactions the whole file) until
+                # this commit, after which it finds the checkpoint moved and writes
+                # nothing, instead of colliding on the read model's rows.
                 moved = Checkpoint.objects.filter(name=self.name, position=position).update(
                     position=last, updated_at=timezone.now()
                 )
@@ -172,12 +202,19 @@ class ProjectionRunner:
                         f"projection {self.name!r}: the checkpoint is no longer at {position};"
                         " is another runner active?"
                     )
+                if decoded:
+                    self.projection.apply(decoded)
+                self._check_lock()
             applied = len(batch) if poison is None else batch.index(poison.record)
             self.progress.applied += applied
             self.progress.position = last
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
             logger.info(
                 "projection %s: applied %d events, positions %d..%d, in %.1f ms", self.name,
-                applied, batch[0].position, last, (time.perf_counter() - started) * 1000,
+                applied, batch[0].position, last, duration_ms,
+                extra={"projection": self.name, "count": applied,
+                       "first_position": batch[0].position, "last_position": last,
+                       "duration_ms": duration_ms},
             )
             if self.on_progress is not None:
                 self.on_progress(self.progress)

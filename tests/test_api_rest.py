@@ -232,7 +232,7 @@ def test_a_retried_create_returns_the_first_answer_and_appends_nothing(client: A
     again = client.post("/api/payments/", {"amount": "5.00"}, format="json",
                         headers={"Idempotency-Key": "k1"})
     assert first.status_code == again.status_code == 201
-    assert first.json() == again.json()
+    assert first.content == again.content  # byte for byte (jsonb would reorder the keys)
     assert first["Location"] == again["Location"]
     assert again["Idempotent-Replayed"] == "true"
     assert stream_length(first.json()["id"]) == 1

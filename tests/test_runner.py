@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from io import StringIO
 from uuid import uuid4
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import close_old_connections, connection
 
 from payments import services
 from payments.events import stream_name
 from payments.eventstore import NewEvent, StreamState, get_event_store
+from projections.locks import is_locked, try_lock, unlock
 from projections.models import Checkpoint, DeclineView, PaymentView
-from projections.projectors import PaymentProjection
+from projections.projectors import DeclineProjection, PaymentProjection
 from projections.runner import Progress, ProjectionRunner
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,6 +79,89 @@ def test_the_runner_catches_up_then_follows_live_appends() -> None:
         thread.join(10)
     assert not thread.is_alive()
     assert Checkpoint.objects.get(name="payment").position == store.head_position()
+
+
+def test_a_runner_in_a_thread_holds_the_lock_on_its_own_connection_and_releases_it() -> None:
+    some_payments(2)
+    store = get_event_store()
+    reached = threading.Condition()
+    stop = threading.Event()
+
+    def on_progress(progress: Progress) -> None:
+        with reached:
+            reached.notify_all()
+
+    def run() -> None:
+        try:
+            ProjectionRunner(PaymentProjection(), store, stop=stop,
+                             on_progress=on_progress).run()
+        finally:
+            connection.close()  # a thread's connection is its own to close
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        with reached:
+            assert reached.wait_for(lambda: PaymentView.objects.count() == 2, timeout=10)
+        assert is_locked("payment")
+        assert try_lock("payment") is None  # this thread's connection is another session
+        assert not is_locked("decline")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert not is_locked("payment")
+    lock = try_lock("payment")
+    assert lock is not None
+    unlock("payment", lock)
+
+
+def test_a_runner_whose_connection_is_closed_under_it_commits_nothing_unlocked(caplog) -> None:
+    """Django closes a connection past CONN_MAX_AGE (close_old_connections); on PostgreSQL
+    the session's advisory lock goes with it. The runner notices inside the next batch's
+    transaction, rolls that batch back, takes the lock again and counts exactly."""
+    for _ in range(3):
+        some_payments(3)  # one decline in each
+    store = get_event_store()
+    stop = threading.Event()
+    closed = threading.Event()
+    done = threading.Condition()
+
+    def on_progress(progress: Progress) -> None:
+        if not closed.is_set():
+            closed.set()
+            connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had passed
+            close_old_connections()
+            assert connection.connection is None
+        with done:
+            done.notify_all()
+
+    runner = ProjectionRunner(DeclineProjection(), store, batch_size=4, stop=stop,
+                              on_progress=on_progress)
+
+    def run() -> None:
+        try:
+            runner.run()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        with done:
+            assert done.wait_for(lambda: runner.progress.position >= store.head_position(),
+                                 timeout=20)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert closed.is_set()
+    assert list(DeclineView.objects.values_list("decline_code", "bank_name", "count")) == [
+        ("05", "Bank 9", 3)]
+    assert Checkpoint.objects.get(name="decline").position == store.head_position()
+    if connection.vendor == "postgresql":
+        assert "the database connection that held the runner's lock was closed" in caplog.text
+    assert not is_locked("decline")
 
 
 def test_once_catches_up_and_exits() -> None:

@@ -2,7 +2,9 @@
 once, SIGTERM, and the event store going away and coming back.
 
 Each test builds its own database and event store files and runs ``manage.py`` in
-subprocesses against them; the results are read straight from the SQLite files.
+subprocesses against them; the results are read straight from the database. The
+database is a SQLite file, or, when the tests run on PostgreSQL (DATABASE_URL), a
+fresh database on that server, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
+from uuid import uuid4
 
 import pytest
+from django.conf import settings
 
 from payments import services
 from payments.eventstore.embedded import EmbeddedEventStore
@@ -31,21 +36,60 @@ from tests.esdb_double import EventStoreDBDouble
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _postgres() -> dict | None:
+    """The test run's PostgreSQL settings, or None when it runs on SQLite."""
+    database = settings.DATABASES["default"]
+    return database if database["ENGINE"] == "django.db.backends.postgresql" else None
+
+
+def _pg_admin(database: dict) -> object:
+    import psycopg
+
+    return psycopg.connect(
+        host=database["HOST"] or None, port=database["PORT"] or None,
+        user=database["USER"] or None, password=database["PASSWORD"] or None,
+        dbname="postgres", autocommit=True,
+    )
+
+
 @dataclass
 class Site:
     """A database and an event store of one test's own, driven through manage.py."""
 
-    database: Path
+    database: Path | str  # a SQLite file, or the name of a PostgreSQL database
     events: Path
+
+    @property
+    def database_url(self) -> str:
+        pg = _postgres()
+        if pg is None:
+            return f"sqlite:///{self.database}"
+        login = quote(pg["USER"], safe="") + (
+            f":{quote(pg['PASSWORD'], safe='')}" if pg["PASSWORD"] else "")
+        return f"postgres://{login}@{pg['HOST']}:{pg['PORT']}/{self.database}"
 
     @property
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "DATABASE_URL": f"sqlite:///{self.database}",
+            "DATABASE_URL": self.database_url,
             "EVENTSTORE_URI": f"sqlite:///{self.events}",
             "PYTHONUNBUFFERED": "1",
         }
+
+    def query(self, sql: str) -> list[tuple]:
+        """Rows of a query on the site's database (the runners' own, not the test's)."""
+        pg = _postgres()
+        if pg is None:
+            connection = sqlite3.connect(self.database)
+            try:
+                return connection.execute(sql).fetchall()
+            finally:
+                connection.close()
+        import psycopg
+
+        with psycopg.connect(self.database_url) as connection:
+            return connection.execute(sql).fetchall()
 
     def manage(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -60,29 +104,45 @@ class Site:
         )
 
     def snapshot(self) -> dict[str, list[tuple]]:
-        connection = sqlite3.connect(self.database)
-        try:
-            return {
-                table: connection.execute(f"SELECT {columns} FROM {table} ORDER BY 1, 2, 3")
-                .fetchall()
-                for table, columns in {
-                    "projections_paymentview": "payment_id, status, amount, settled_amount,"
-                    " refunded_amount, bank_name, decline_code, created_at, updated_at,"
-                    " version, position",
-                    "projections_declineview": "decline_code, bank_name, date, count",
-                    "projections_checkpoint": "name, position, 0",
-                }.items()
-            }
-        finally:
-            connection.close()
+        return {
+            table: self.query(f"SELECT {columns} FROM {table} ORDER BY 1, 2, 3")
+            for table, columns in {
+                "projections_paymentview": "payment_id, status, amount, settled_amount,"
+                " refunded_amount, bank_name, decline_code, created_at, updated_at,"
+                " version, position",
+                "projections_declineview": "decline_code, bank_name, date, count",
+                "projections_checkpoint": "name, position, 0",
+            }.items()
+        }
+
+    def declines_counted(self) -> int:
+        return self.query("SELECT sum(count) FROM projections_declineview")[0][0]
 
 
-def make_site(folder: Path) -> Site:
-    folder.mkdir(parents=True, exist_ok=True)
-    site = Site(database=folder / "db.sqlite3", events=folder / "events.sqlite3")
-    migrated = site.manage("migrate", "--verbosity", "0")
-    assert migrated.returncode == 0, migrated.stderr
-    return site
+@pytest.fixture
+def make_site() -> Iterator[Callable[[Path], Site]]:
+    """Builds migrated sites; on PostgreSQL their databases are dropped afterwards."""
+    pg = _postgres()
+    created: list[str] = []
+
+    def make(folder: Path) -> Site:
+        folder.mkdir(parents=True, exist_ok=True)
+        database: Path | str = folder / "db.sqlite3"
+        if pg is not None:
+            database = f"{pg['NAME']}_site_{uuid4().hex[:12]}"
+            with _pg_admin(pg) as admin:
+                admin.execute(f'CREATE DATABASE "{database}"')
+            created.append(database)
+        site = Site(database=database, events=folder / "events.sqlite3")
+        migrated = site.manage("migrate", "--verbosity", "0")
+        assert migrated.returncode == 0, migrated.stderr
+        return site
+
+    yield make
+    if created:
+        with _pg_admin(pg) as admin:
+            for database in created:
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def write_payments(events: Path, count: int) -> int:
@@ -122,13 +182,13 @@ def lines_until(process: subprocess.Popen[str], needle: str, times: int) -> Iter
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Site:
+def site(make_site: Callable[[Path], Site], tmp_path: Path) -> Site:
     return make_site(tmp_path / "site")
 
 
 @pytest.mark.timeout(300)
 def test_sigkill_at_any_point_of_a_catch_up_loses_and_repeats_nothing(
-    site: Site, tmp_path: Path
+    site: Site, make_site: Callable[[Path], Site], tmp_path: Path
 ) -> None:
     declines = write_payments(site.events, 1500)
     for kill_after in (1, 4, 9, 16, 25):
@@ -149,9 +209,7 @@ def test_sigkill_at_any_point_of_a_catch_up_loses_and_repeats_nothing(
     rebuilt = reference.manage("run_projection", "all", "--once", "--batch-size", "1000")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert site.snapshot() == reference.snapshot()
-    counted = sqlite3.connect(site.database).execute(
-        "SELECT sum(count) FROM projections_declineview").fetchone()[0]
-    assert counted == declines
+    assert site.declines_counted() == declines
 
 
 @pytest.mark.timeout(300)
@@ -161,9 +219,7 @@ def test_two_runners_of_one_projection_started_together_count_exactly(site: Site
     second = site.start("run_projection", "decline", "--once", "--batch-size", "10")
     outputs = [p.communicate(timeout=120) for p in (first, second)]
     assert (first.returncode, second.returncode) == (0, 0), outputs
-    counted = sqlite3.connect(site.database).execute(
-        "SELECT sum(count) FROM projections_declineview").fetchone()[0]
-    assert counted == declines
+    assert site.declines_counted() == declines
     logs = "".join(err for _, err in outputs)
     assert "another runner is active" in logs or "applied 0 events" in "".join(
         out for out, _ in outputs)
@@ -178,8 +234,7 @@ def test_sigterm_commits_the_batch_in_hand_and_exits_zero(site: Site) -> None:
     runner.send_signal(signal.SIGTERM)
     stdout, _ = runner.communicate(timeout=60)
     assert runner.returncode == 0
-    checkpoints = dict(sqlite3.connect(site.database).execute(
-        "SELECT name, position FROM projections_checkpoint").fetchall())
+    checkpoints = dict(site.query("SELECT name, position FROM projections_checkpoint"))
     for name in ("payment", "decline"):
         assert f"{name}: applied" in stdout
         assert f"checkpoint at {checkpoints[name]}" in stdout
@@ -208,9 +263,7 @@ def test_embedded_store_unavailable_then_back(site: Site, tmp_path: Path) -> Non
     assert runner.returncode == 0
     head = EmbeddedEventStore(site.events).head_position()
     assert f"checkpoint at {head}" in stdout
-    rows = sqlite3.connect(site.database).execute(
-        "SELECT count(*) FROM projections_paymentview").fetchone()[0]
-    assert rows == 50
+    assert site.query("SELECT count(*) FROM projections_paymentview") == [(50,)]
 
 
 class _Seen(logging.Handler):

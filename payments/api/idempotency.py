@@ -80,7 +80,7 @@ def _replay(record: IdempotencyRecord, request_fingerprint: str) -> Response:
             f"Idempotency-Key {record.key!r} was already used for a different request"
             " (another payment, action or body); use a new key for a new command"
         )
-    response = Response(record.response_body, status=record.status_code,
+    response = Response(json.loads(record.response_body), status=record.status_code,
                         headers=record.response_headers)
     response[REPLAYED_HEADER] = "true"
     return response
@@ -93,7 +93,7 @@ def _store(request: Request, key: str, request_fingerprint: str, response: Respo
         with transaction.atomic():
             IdempotencyRecord.objects.create(
                 user=request.user, key=key, request_fingerprint=request_fingerprint,
-                status_code=response.status_code, response_body=response.data,
+                status_code=response.status_code, response_body=json.dumps(response.data),
                 response_headers=headers,
             )
     except IntegrityError:
