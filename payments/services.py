@@ -30,6 +30,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from django.conf import settings
 
 from payments.domain import (
+    HistoryError,
     Payment,
     PaymentError,
     apply,
@@ -52,6 +53,7 @@ from payments.events import (
 )
 from payments.eventstore import (
     EventStore,
+    EventStoreError,
     NewEvent,
     RecordedEvent,
     StreamNotFound,
@@ -121,15 +123,12 @@ def create_payment(
     store: EventStore | None = None,
 ) -> Payment:
     """Create a pending payment; returns it (its id is new, or derived from the key)."""
-    store = store or get_event_store()
-    amount = parse_amount(amount)
-    currency = parse_currency(currency or settings.DEFAULT_CURRENCY)
     payment_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
     return _run(
-        store, payment_id, "create", {"amount": amount, "currency": currency},
-        lambda _: decide_create(
-            payment_id=payment_id, amount=amount, currency=currency, occurred_at=_now()
-        ),
+        store or get_event_store(), payment_id, "create",
+        lambda: {"amount": parse_amount(amount),
+                 "currency": parse_currency(currency or settings.DEFAULT_CURRENCY)},
+        lambda _, request: decide_create(payment_id=payment_id, **request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id, expected_version=None,
         creates=True,
     )
@@ -145,10 +144,10 @@ def authorize_payment(
     store: EventStore | None = None,
 ) -> Payment:
     """Record the bank's authorization of a pending payment."""
-    bank_name = parse_bank_name(bank_name)
     return _run(
-        store or get_event_store(), payment_id, "authorize", {"bank_name": bank_name},
-        lambda p: p.authorize(bank_name=bank_name, occurred_at=_now()),
+        store or get_event_store(), payment_id, "authorize",
+        lambda: {"bank_name": parse_bank_name(bank_name)},
+        lambda p, request: p.authorize(**request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id,
         expected_version=expected_version,
     )
@@ -165,12 +164,11 @@ def settle_payment(
     store: EventStore | None = None,
 ) -> Payment:
     """Settle ``amount``, or everything outstanding when no amount is given."""
-    amount = None if amount is None else parse_amount(amount)
-    bank_name = None if bank_name is None else parse_bank_name(bank_name)
     return _run(
         store or get_event_store(), payment_id, "settle",
-        {"amount": amount, "bank_name": bank_name},
-        lambda p: p.settle(amount=amount, bank_name=bank_name, occurred_at=_now()),
+        lambda: {"amount": None if amount is None else parse_amount(amount),
+                 "bank_name": None if bank_name is None else parse_bank_name(bank_name)},
+        lambda p, request: p.settle(**request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id,
         expected_version=expected_version,
     )
@@ -186,10 +184,10 @@ def refund_payment(
     store: EventStore | None = None,
 ) -> Payment:
     """Refund ``amount``, or everything settled and not yet refunded."""
-    amount = None if amount is None else parse_amount(amount)
     return _run(
-        store or get_event_store(), payment_id, "refund", {"amount": amount},
-        lambda p: p.refund(amount=amount, occurred_at=_now()),
+        store or get_event_store(), payment_id, "refund",
+        lambda: {"amount": None if amount is None else parse_amount(amount)},
+        lambda p, request: p.refund(**request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id,
         expected_version=expected_version,
     )
@@ -206,12 +204,11 @@ def decline_payment(
     store: EventStore | None = None,
 ) -> Payment:
     """Record the bank's refusal of a pending or authorized payment."""
-    bank_name = parse_bank_name(bank_name)
-    decline_code = parse_decline_code(decline_code)
     return _run(
         store or get_event_store(), payment_id, "decline",
-        {"bank_name": bank_name, "decline_code": decline_code},
-        lambda p: p.decline(bank_name=bank_name, decline_code=decline_code, occurred_at=_now()),
+        lambda: {"bank_name": parse_bank_name(bank_name),
+                 "decline_code": parse_decline_code(decline_code)},
+        lambda p, request: p.decline(**request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id,
         expected_version=expected_version,
     )
@@ -354,16 +351,87 @@ def _run(
     store: EventStore,
     payment_id: UUID,
     action: str,
-    request: dict[str, object],
-    decide: Callable[[Payment | None], PaymentEvent],
+    parse: Callable[[], dict[str, Any]],
+    decide: Callable[[Payment | None, dict[str, Any]], PaymentEvent],
     *,
     idempotency_key: str | None,
     correlation_id: UUID | None,
     expected_version: int | None,
     creates: bool = False,
 ) -> Payment:
-    """Load, decide, append with the version read; on a lost race, do it again."""
+    """Parse the request and carry the command out; one log line says how it ended.
+
+    Parsing happens here so that a command refused for bad input is logged too.
+    """
     started = time.perf_counter()
+    try:
+        payment, event_type = _decide_and_append(
+            store, payment_id, action, parse(), decide, idempotency_key=idempotency_key,
+            correlation_id=correlation_id, expected_version=expected_version, creates=creates,
+        )
+    except Exception as e:
+        _log_command(*_failure(e), action, payment_id, started, reason=e)
+        raise
+    _log_command(logging.INFO, "ok" if event_type else "replayed", action, payment_id, started,
+                 event_type=event_type, version=payment.version)
+    return payment
+
+
+def _failure(error: Exception) -> tuple[int, str]:
+    """The log level and outcome of a command that raised ``error``."""
+    if isinstance(error, ConcurrencyConflict):
+        return logging.WARNING, "conflict"
+    if isinstance(error, PaymentError) and not isinstance(error, HistoryError):
+        return logging.INFO, "refused"  # the rules said no: the system is fine
+    if isinstance(error, EventStoreError):
+        return logging.WARNING, "unavailable"
+    return logging.ERROR, "error"  # a stream we cannot read, or a bug
+
+
+def _log_command(
+    level: int,
+    outcome: str,
+    action: str,
+    payment_id: UUID,
+    started: float,
+    *,
+    event_type: str | None = None,
+    version: int | None = None,
+    reason: Exception | None = None,
+) -> None:
+    """One line per command, its fields also given apart for LOG_FORMAT=json.
+
+    Nothing is formatted when the level is off: this is on the benchmarked path.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    fields = {"payment_id": str(payment_id), "action": action, "event_type": event_type,
+              "outcome": outcome, "duration_ms": duration_ms}
+    if outcome == "ok":
+        logger.log(level, "%s %s -> %s at version %d in %.1f ms", action, payment_id,
+                   event_type, version, duration_ms, extra={**fields, "version": version})
+    else:
+        logger.log(level, "%s %s %s in %.1f ms%s", action, payment_id, outcome, duration_ms,
+                   f": {reason}" if reason else "", extra=fields)
+
+
+def _decide_and_append(
+    store: EventStore,
+    payment_id: UUID,
+    action: str,
+    request: dict[str, Any],
+    decide: Callable[[Payment | None, dict[str, Any]], PaymentEvent],
+    *,
+    idempotency_key: str | None,
+    correlation_id: UUID | None,
+    expected_version: int | None,
+    creates: bool,
+) -> tuple[Payment, str | None]:
+    """Load, decide, append with the version read; on a lost race, do it again.
+
+    Returns the payment and the appended event's type (None: a replay, nothing new).
+    """
     stream = stream_name(payment_id)
     event_id, command_id = _command_ids(payment_id, action, request, idempotency_key)
     metadata = encode_metadata(
@@ -377,7 +445,7 @@ def _run(
             store, payment_id, event_id, command_id, needs_history=needs_history, creates=creates
         )
         if replayed is not None:
-            return replayed
+            return replayed, None
         if expected_version is not None and current is not None \
                 and current.version != expected_version:
             if not needs_history:
@@ -387,7 +455,7 @@ def _run(
                 f"payment {payment_id} is at version {current.version}, not {expected_version};"
                 f" it is {current.status}"
             )
-        event = decide(current)
+        event = decide(current, request)
         new_event = NewEvent(
             type=event.type_name, data=encode_data(event), metadata=metadata, id=event_id
         )
@@ -402,9 +470,7 @@ def _run(
             continue
         payment = apply(current, event, result.version)
         _recent.put(store, payment)
-        logger.info("%s %s -> %s at version %d in %.1f ms", action, payment_id, event.type_name,
-                    result.version, (time.perf_counter() - started) * 1000)
-        return payment
+        return payment, event.type_name
     raise ConcurrencyConflict(
         f"payment {payment_id} kept changing while {action} was decided"
         f" ({MAX_ATTEMPTS} attempts); try again"

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -128,6 +129,8 @@ LOGOUT_REDIRECT_URL = "login"
 # SECURE_PROXY_SSL_HEADER_NAME (e.g. HTTP_X_FORWARDED_PROTO) so Django sees https, or
 # SECURE_SSL_REDIRECT=false if the proxy redirects plain HTTP itself.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# A container's healthcheck asks over plain HTTP on localhost (paymentsite/health.py).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = 0 if DEBUG else env.int("SECURE_HSTS_SECONDS", default=31_536_000)
@@ -172,10 +175,29 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"PaymentStatusEnum": "payments.domain.PaymentStatus"},
 }
 
+# Logs go to stderr. LOG_LEVEL is for our own loggers (payments, projections; INFO:
+# a line per command and per projection batch); Django and libraries say only
+# warnings. LOG_FORMAT=json: one JSON object per line (paymentsite/logging.py).
+# LOG_LEVEL stays None when unset: `manage.py api` then keeps its stderr for its own
+# one-line errors (see payments/management/commands/api.py).
+LOG_LEVEL = env.str("LOG_LEVEL", default=None)
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "paymentsite.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "payments": {"level": (LOG_LEVEL or "INFO").upper()},
+        "projections": {"level": (LOG_LEVEL or "INFO").upper()},
+        # Django's console handler only speaks with DEBUG on; ours always does, in
+        # LOG_FORMAT. django.server (runserver's request lines) keeps its own.
+        "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
 }

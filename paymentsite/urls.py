@@ -1,10 +1,15 @@
-"""URL configuration: the HTML pages, Django's login, the admin and the REST API."""
+"""URL configuration: the HTML pages, Django's login, the admin, the REST API, probes."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from paymentsite import health
+
 urlpatterns = [
+    # Anonymous JSON probes for the container or load balancer (paymentsite/health.py).
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("", include("projections.urls")),
     path("payments/", include("payments.urls")),
     # Only log in and out: accounts are made by an administrator (manage.py / admin).

@@ -9,10 +9,14 @@ as ``field: value`` lines (``--json`` for JSON). Errors: one line on stderr, exi
 from __future__ import annotations
 
 import json
+import logging
 from argparse import ArgumentParser
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from payments import services
@@ -21,6 +25,23 @@ from payments.events import EventDecodeError
 from payments.eventstore import EventStoreError
 
 ACTIONS = ("create", "authorize", "settle", "decline", "refund", "find")
+
+
+@contextmanager
+def _service_log_quiet(quiet: bool) -> Iterator[None]:
+    """Unless LOG_LEVEL is set, keep the service's log lines off the CLI's stderr.
+
+    The result is on stdout and a refusal is already one line on stderr; the
+    command's log line (INFO, WARNING when the store is down) would only repeat it.
+    """
+    service_logger = logging.getLogger("payments.services")
+    level = service_logger.level
+    if quiet:
+        service_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        service_logger.setLevel(level)
 
 
 def payment_fields(payment: Payment) -> dict[str, Any]:
@@ -70,10 +91,11 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            self._dispatch(options)
-        except (PaymentError, EventStoreError, EventDecodeError) as e:
-            raise CommandError(str(e)) from e
+        with _service_log_quiet(settings.LOG_LEVEL is None):
+            try:
+                self._dispatch(options)
+            except (PaymentError, EventStoreError, EventDecodeError) as e:
+                raise CommandError(str(e)) from e
 
     def _dispatch(self, options: dict[str, Any]) -> None:
         action: str = options["action"]

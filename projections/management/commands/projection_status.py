@@ -67,8 +67,14 @@ def count_lag(store: EventStore, position: int, head: int, cap: int | None = Non
     return Lag(cap, capped=True) if found > cap else Lag(found, capped=False)
 
 
-def projection_statuses(store: EventStore, names: Iterable[str]) -> list[ProjectionStatus]:
-    """One status per projection; the head is read once for all of them."""
+def projection_statuses(
+    store: EventStore, names: Iterable[str], *, lag_cap: int | None = None
+) -> list[ProjectionStatus]:
+    """One status per projection; the head is read once for all of them.
+
+    ``lag_cap`` bounds each lag read (default ``LAG_CAP``): a frequent caller, such
+    as the readiness probe, only needs to know "far behind", cheaply.
+    """
     names = list(names)
     head = store.head_position()
     checkpoints = {c.name: c for c in Checkpoint.objects.filter(name__in=names)}
@@ -78,7 +84,7 @@ def projection_statuses(store: EventStore, names: Iterable[str]) -> list[Project
         checkpoint = checkpoints.get(name)
         position = checkpoint.position if checkpoint else 0
         if position not in lags:
-            lags[position] = count_lag(store, position, head)
+            lags[position] = count_lag(store, position, head, lag_cap)
         statuses.append(ProjectionStatus(
             name=name,
             position=position,
