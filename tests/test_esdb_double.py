@@ -265,3 +265,13 @@ def test_construction_validates_the_uri_without_connecting():
     # Nothing listens on port 1: constructing must not fail, only using it.
     with EventStoreDBEventStore("esdb://u:p@127.0.0.1:1?Tls=false", timeout=DEADLINE) as store:
         assert store.target == "127.0.0.1:1"
+
+
+@pytest.mark.timeout(30)  # unbounded, esdbclient would gossip 10 x 5 s per node first
+def test_cluster_uri_of_silent_nodes_fails_instead_of_gossiping_for_minutes(black_hole):
+    silent = black_hole.removeprefix("esdb://").split("?")[0]
+    with (
+        EventStoreDBEventStore(f"esdb://{silent},{silent}?Tls=false", timeout=1.0) as store,
+        pytest.raises(EventStoreUnavailable),
+    ):
+        store.head_position()

@@ -143,9 +143,13 @@ class _ErrorMapper:
 
 
 def _bounded_discovery(uri: str, timeout: float) -> str:
-    """Bound gossip for esdb+discover URIs that do not set it (default: 10 x 5 s)."""
+    """Bound gossip where esdbclient gossips and the URI does not say (default: 10 x 5 s).
+
+    It gossips for ``esdb+discover://`` and for ``esdb://`` with several hosts (a
+    cluster): it asks the nodes which one leads before the first call.
+    """
     parts = urlsplit(uri)
-    if parts.scheme != URI_SCHEME_ESDB_DISCOVER:
+    if parts.scheme != URI_SCHEME_ESDB_DISCOVER and "," not in parts.netloc:
         return uri
     query = parse_qsl(parts.query, keep_blank_values=True)
     given = {key.upper() for key, _ in query}
