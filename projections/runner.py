@@ -27,6 +27,7 @@ from projections.projectors import Decoded, Projection, ProjectionError
 
 logger = logging.getLogger(__name__)
 
+FIRST_BACKOFF = 0.5  # seconds; doubled after each failed retry, up to MAX_BACKOFF
 MAX_BACKOFF = 30.0
 FIRST_EVENT_WAIT = 0.25  # seconds; also how often a stop request is noticed
 
@@ -83,6 +84,7 @@ class ProjectionRunner:
         self.on_progress = on_progress
         self.progress = Progress()
         self._lock: Lock | None = None
+        self._backoff = FIRST_BACKOFF  # the next wait after a store outage
 
     @property
     def name(self) -> str:
@@ -125,18 +127,18 @@ class ProjectionRunner:
             )
 
     def _run_with_retries(self, *, once: bool) -> None:
-        backoff = 0.5
         while not self.stop.is_set():
             try:
                 self._follow(once=once)
                 return
             except EventStoreUnavailable as e:
+                backoff = self._backoff
                 logger.warning(
                     "projection %s: event store unavailable (%s); retrying in %.1f s from"
                     " the checkpoint", self.name, e, backoff,
                 )
                 self.stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                self._backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _follow(self, *, once: bool) -> None:
         position = checkpoint_position(self.name)
@@ -149,6 +151,7 @@ class ProjectionRunner:
             return
         logger.info("projection %s: following from position %d", self.name, position)
         with self.store.subscribe(after=position) as subscription:
+            self._backoff = FIRST_BACKOFF  # the store answers: a later outage starts over
             while not self.stop.is_set():
                 batch = self._collect(subscription)
                 if batch:

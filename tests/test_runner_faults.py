@@ -267,16 +267,23 @@ def test_embedded_store_unavailable_then_back(site: Site, tmp_path: Path) -> Non
 
 
 class _Seen(logging.Handler):
-    """Sets an event when a log record mentions ``needle``."""
+    """Keeps the log messages that mention ``needle``; ``wait_for(n)`` the n-th one."""
 
     def __init__(self, needle: str) -> None:
         super().__init__()
         self.needle = needle
-        self.event = threading.Event()
+        self.messages: list[str] = []
+        self.changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.needle in record.getMessage():
-            self.event.set()
+            with self.changed:
+                self.messages.append(record.getMessage())
+                self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.messages) >= count, timeout)
 
 
 @pytest.mark.timeout(120)
@@ -307,9 +314,20 @@ def test_eventstoredb_unavailable_then_back_loses_nothing() -> None:
             with caught_up:
                 assert caught_up.wait_for(lambda: runner.progress.applied == 10, timeout=20)
             double.stop()
-            assert seen.event.wait(20), "the runner never noticed the store was gone"
+            # Two failed retries: the wait has grown (0.5 s, then 1 s).
+            assert seen.wait_for(2, 20), "the runner never noticed the store was gone"
             double.restart()
             decline(7)
+            with caught_up:
+                assert caught_up.wait_for(lambda: runner.progress.position
+                                          >= store.head_position(), timeout=30)
+            # A second outage starts again from the shortest wait, not where the first ended.
+            outages = len(seen.messages)
+            double.stop()
+            assert seen.wait_for(outages + 1, 20)
+            assert "retrying in 0.5 s" in seen.messages[outages]
+            double.restart()
+            decline(1)
             with caught_up:
                 assert caught_up.wait_for(lambda: runner.progress.position
                                           >= store.head_position(), timeout=30)
@@ -319,4 +337,4 @@ def test_eventstoredb_unavailable_then_back_loses_nothing() -> None:
             logging.getLogger("projections.runner").removeHandler(seen)
             store.close()
         assert not thread.is_alive()
-        assert list(DeclineView.objects.values_list("decline_code", "count")) == [("05", 12)]
+        assert list(DeclineView.objects.values_list("decline_code", "count")) == [("05", 13)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -38,7 +37,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
-        logging.getLogger("projections").setLevel(logging.INFO)
         names = list(PROJECTIONS) if options["projection"] == "all" else [options["projection"]]
         stop = threading.Event()
         previous = _stop_on_signals(stop)
