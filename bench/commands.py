@@ -13,21 +13,14 @@ and their ratio; the target is a ratio of at least 0.8.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
-import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
-os.environ.setdefault("SECRET_KEY", "bench-only")
-os.environ["DEBUG"] = "false"  # as in production: no query log
+from harness import setup_django, step
 
-import django
-
-django.setup()
+FOLDER = setup_django()
 
 from payments import services  # noqa: E402
 from payments.eventstore.embedded import EmbeddedEventStore  # noqa: E402
@@ -77,28 +70,34 @@ def sqlite_ceiling_rate(folder: Path, commits: int) -> float:
     return commits / elapsed
 
 
+def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
+    """The best service and ceiling rates (commands/s) of ``rounds`` interleaved rounds."""
+    ceiling: list[float] = []
+    service: list[float] = []
+    # Interleave the rounds so that a burst of disk noise hits both sides alike.
+    for round_ in range(rounds):
+        folder = FOLDER / f"round-{round_}"
+        folder.mkdir()
+        with step(f"round {round_ + 1} of {rounds}"):
+            ceiling.append(sqlite_ceiling_rate(folder, 3 * payments))
+            service.append(service_rate(folder, payments))
+    return {"commands": 3 * payments, "ceiling_rate": max(ceiling),
+            "service_rate": max(service), "ceiling_runs": ceiling, "service_runs": service}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3, help="best of this many, interleaved")
     args = parser.parse_args()
-    commands = 3 * args.payments
-    ceiling: list[float] = []
-    service: list[float] = []
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent / "var") as tmp:
-        # Interleave the rounds so that a burst of disk noise hits both sides alike.
-        for round_ in range(args.rounds):
-            folder = Path(tmp) / str(round_)
-            folder.mkdir()
-            ceiling.append(sqlite_ceiling_rate(folder, commands))
-            service.append(service_rate(folder, args.payments))
-    best_ceiling, best_service = max(ceiling), max(service)
-    print(f"commands per run:            {commands} ({args.payments} payments x 3)")
-    print(f"SQLite durable commit floor: {best_ceiling:8.0f} commits/s  (runs: "
-          + ", ".join(f"{r:.0f}" for r in ceiling) + ")")
-    print(f"command service:             {best_service:8.0f} commands/s (runs: "
-          + ", ".join(f"{r:.0f}" for r in service) + ")")
-    print(f"ratio service / ceiling:     {best_service / best_ceiling:8.2f}  (target >= 0.80)")
+    f = measure(payments=args.payments, rounds=args.rounds)
+    print(f"commands per run:            {f['commands']} ({args.payments} payments x 3)")
+    print(f"SQLite durable commit floor: {f['ceiling_rate']:8.0f} commits/s  (runs: "
+          + ", ".join(f"{r:.0f}" for r in f["ceiling_runs"]) + ")")
+    print(f"command service:             {f['service_rate']:8.0f} commands/s (runs: "
+          + ", ".join(f"{r:.0f}" for r in f["service_runs"]) + ")")
+    print(f"ratio service / ceiling:     {f['service_rate'] / f['ceiling_rate']:8.2f}"
+          "  (target >= 0.80)")
 
 
 if __name__ == "__main__":

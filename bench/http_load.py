@@ -8,8 +8,9 @@ loads it from this process on loopback: ``--clients`` concurrent clients, each w
 a keep-alive connection and a token, run create -> authorize -> settle for
 ``--seconds``; then the same clients GET ``/api/payments/{id}/`` for ``--seconds``.
 It prints requests/s and latency percentiles, and, measured in the same run, the
-command service's own rate in-process (the same life cycle, no HTTP), so the cost
-of HTTP shows as a ratio. Targets: >= 500 commands/s with p99 < 100 ms; >= 800 GET/s.
+command service's own rates in-process (the same life cycle, then a find of each
+payment; no HTTP), so the cost of HTTP shows as a ratio. Targets: >= 500 commands/s
+with p99 < 100 ms; >= 800 GET/s.
 """
 
 from __future__ import annotations
@@ -26,15 +27,24 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, percentile, step
+
 PYTHON = sys.executable
+PORTS = range(8600, 8700)  # the benchmarks' own range, clear of the usual dev servers
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The first port of ``PORTS`` that nothing listens on."""
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def production_env(folder: Path) -> dict[str, str]:
@@ -135,27 +145,66 @@ def load(port: int, token: str, clients: int, seconds: float, work: str,
     return len(latencies), latencies, sum(c.errors for c in workers), elapsed
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * fraction))]
-
-
-def in_process_rate(folder: Path, payments: int) -> float:
-    """The same life cycle straight through the service: commands per second."""
+def in_process_rates(folder: Path, payments: int) -> tuple[float, float]:
+    """The same life cycle straight through the service, then a find of each payment:
+    (commands per second, finds per second)."""
     code = (
         "import time, django; django.setup()\n"
         "from payments import services\n"
-        f"n = {payments}; t = time.perf_counter()\n"
+        f"n = {payments}; ids = []; t = time.perf_counter()\n"
         "for _ in range(n):\n"
         "    p = services.create_payment(amount='100.00')\n"
         "    services.authorize_payment(payment_id=p.id, bank_name='Bench Bank')\n"
         "    services.settle_payment(payment_id=p.id)\n"
-        "print(3 * n / (time.perf_counter() - t))\n"
+        "    ids.append(p.id)\n"
+        "commands = 3 * n / (time.perf_counter() - t); t = time.perf_counter()\n"
+        "for i in ids:\n"
+        "    services.find_payment(payment_id=i)\n"
+        "print(commands, n / (time.perf_counter() - t))\n"
     )
     env = {**production_env(folder), "EVENTSTORE_URI": f"sqlite:///{folder / 'inproc.sqlite3'}",
            "DJANGO_SETTINGS_MODULE": "paymentsite.settings"}
     done = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=env, check=True,
                           capture_output=True, text=True)
-    return float(done.stdout.strip())
+    commands, finds = done.stdout.split()
+    return float(commands), float(finds)
+
+
+def measure(*, seconds: float = 10.0, clients: int = 16,
+            in_process_payments: int = 1000) -> dict[str, Any]:
+    """Every figure of this benchmark, by name (rates per second, latencies in s)."""
+    figures: dict[str, Any] = {"clients": clients}
+    with tempfile.TemporaryDirectory(dir=ROOT / "var", prefix="bench-") as tmp:
+        folder = Path(tmp)
+        env = production_env(folder)
+        with step("migrate, collectstatic, a user and its token"):
+            manage(env, "migrate", "--verbosity", "0")
+            manage(env, "collectstatic", "--noinput", "--verbosity", "0")  # as a deploy would
+            token = manage(
+                env, "shell", "--no-imports", "-c",
+                "from django.contrib.auth import get_user_model;"
+                " from rest_framework.authtoken.models import Token;"
+                " user = get_user_model().objects.create_user('bench', password=None);"
+                " print(Token.objects.create(user=user).key)",
+            ).strip()
+        port = free_port()
+        server = start_gunicorn(env, port)
+        try:
+            ids: list[str] = []
+            for work in ("commands", "reads"):
+                with step(f"HTTP {work}, {clients} clients"):
+                    n, latencies, errors, elapsed = load(port, token, clients, seconds, work,
+                                                         ids)
+                figures |= {f"{work}_rate": n / elapsed, f"{work}_errors": errors,
+                            f"{work}_p50": percentile(latencies, 0.5),
+                            f"{work}_p99": percentile(latencies, 0.99)}
+        finally:
+            server.terminate()
+            server.wait(30)
+        with step("in-process service"):
+            figures["service_rate"], figures["find_rate"] = in_process_rates(
+                folder, in_process_payments)
+    return figures
 
 
 def main() -> None:
@@ -163,37 +212,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=ROOT / "var") as tmp:
-        folder = Path(tmp)
-        env = production_env(folder)
-        manage(env, "migrate", "--verbosity", "0")
-        manage(env, "collectstatic", "--noinput", "--verbosity", "0")  # as a deploy would
-        manage(env, "shell", "--no-imports", "-c",
-               "from django.contrib.auth import get_user_model;"
-               " get_user_model().objects.create_user('bench', password=None)")
-        token = manage(env, "drf_create_token", "bench").split()[2]
-        port = free_port()
-        server = start_gunicorn(env, port)
-        try:
-            ids: list[str] = []
-            n, lat, errors, elapsed = load(port, token, args.clients, args.seconds, "commands",
-                                           ids)
-            print(f"HTTP commands (create/authorize/settle), {args.clients} clients:"
-                  f" {n / elapsed:7.0f} commands/s  p50 {percentile(lat, .5) * 1000:.1f} ms"
-                  f"  p99 {percentile(lat, .99) * 1000:.1f} ms  errors {errors}"
-                  "  (target >= 500/s, p99 < 100 ms)")
-            commands_rate = n / elapsed
-            n, lat, errors, elapsed = load(port, token, args.clients, args.seconds, "reads", ids)
-            print(f"HTTP GET /api/payments/{{id}}/, {args.clients} clients:"
-                  f"        {n / elapsed:7.0f} requests/s  p50 {percentile(lat, .5) * 1000:.1f} ms"
-                  f"  p99 {percentile(lat, .99) * 1000:.1f} ms  errors {errors}"
-                  "  (target >= 800/s)")
-        finally:
-            server.terminate()
-            server.wait(30)
-        service = in_process_rate(folder, 1000)
-        print(f"command service in-process, one client:          {service:7.0f} commands/s"
-              f"  (HTTP / in-process: {commands_rate / service:.2f})")
+    f = measure(seconds=args.seconds, clients=args.clients)
+    print(f"HTTP commands (create/authorize/settle), {args.clients} clients:"
+          f" {f['commands_rate']:7.0f} commands/s  p50 {f['commands_p50'] * 1000:.1f} ms"
+          f"  p99 {f['commands_p99'] * 1000:.1f} ms  errors {f['commands_errors']}"
+          "  (target >= 500/s, p99 < 100 ms)")
+    print(f"HTTP GET /api/payments/{{id}}/, {args.clients} clients:"
+          f"        {f['reads_rate']:7.0f} requests/s  p50 {f['reads_p50'] * 1000:.1f} ms"
+          f"  p99 {f['reads_p99'] * 1000:.1f} ms  errors {f['reads_errors']}"
+          "  (target >= 800/s)")
+    print(f"command service in-process, one client:          {f['service_rate']:7.0f} commands/s"
+          f"  (HTTP / in-process: {f['commands_rate'] / f['service_rate']:.2f})")
+    print(f"find_payment in-process, one client:             {f['find_rate']:7.0f} finds/s"
+          f"  (HTTP GET / in-process: {f['reads_rate'] / f['find_rate']:.2f})")
 
 
 if __name__ == "__main__":

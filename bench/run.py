@@ -1,0 +1,300 @@
+"""Every benchmark of the project in one run, and one table of their figures.
+
+    .venv/bin/python bench/run.py            # the full run; writes docs/BENCHMARKS.md
+    .venv/bin/python bench/run.py --quick    # a smoke run of about a minute; writes nothing
+
+Runs, each in a fresh process of its own (its own settings and throw-away folder
+under ``var/``): the command path (``commands.py``), the projection rebuild and
+live latency (``rebuild.py``), HTTP under gunicorn (``http_load.py``), and the
+scale point (``scale.py``) at a small size and at a million payments. Then prints
+one table: each figure, the baseline it is compared with (measured in the same
+run), their ratio, the target from the issues and whether it is met. ``--write``
+(the default for the full run) puts the table into ``docs/BENCHMARKS.md`` between
+``<!-- bench:run -->`` and ``<!-- /bench:run -->``. Progress goes to stderr.
+A phase that fails leaves its rows as "failed" and the exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import multiprocessing
+import os
+import platform
+import re
+import sqlite3
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness import ROOT, say
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- bench:run -->", "<!-- /bench:run -->"
+
+# Each phase: the module whose measure() it calls, and its arguments (full, quick).
+PHASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "commands": ("commands", {"payments": 2000, "rounds": 3}, {"payments": 200, "rounds": 1}),
+    "rebuild": ("rebuild", {"events": 100_000, "baseline_events": 5_000, "live": 300},
+                {"events": 5_000, "baseline_events": 500, "live": 30}),
+    "http": ("http_load", {"seconds": 10.0, "clients": 16},
+             {"seconds": 2.0, "clients": 16, "in_process_payments": 200}),
+    "scale_small": ("scale", {"payments": 10_000, "requests": 200, "budget": 30.0},
+                    {"payments": 2_000, "requests": 30, "budget": 3.0}),
+    "scale": ("scale", {"payments": 1_000_000, "requests": 200, "budget": 45.0},
+              {"payments": 20_000, "requests": 30, "budget": 5.0}),
+}
+REQUEST_P99_TARGET = 0.100  # s: issue 4's bound; the issues give none for the scale point
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a figure is shown: its name, and the factor and format from the raw value."""
+
+    name: str
+    factor: float
+    digits: int
+
+    def show(self, value: float) -> str:
+        return f"{value * self.factor:,.{self.digits}f}"
+
+
+PER_SECOND = {kind: Unit(f"{kind}/s", 1, 0) for kind in ("commands", "events", "requests")}
+MS = Unit("ms", 1000, 1)
+SECONDS = Unit("s", 1, 1)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a figure, its baseline from the same run, and the target."""
+
+    name: str
+    figure: float | None
+    unit: Unit
+    baseline_name: str
+    baseline: float | None
+    target: str
+    meets: Callable[[float, float], bool]  # (figure, ratio) -> met
+
+    @property
+    def ratio(self) -> float | None:
+        if self.figure is None or not self.baseline:
+            return None
+        return self.figure / self.baseline
+
+    def cells(self) -> list[str]:
+        if self.figure is None or self.ratio is None:
+            return [self.name, "failed", self.unit.name, self.baseline_name, "", "", self.target,
+                    ""]
+        ratio = self.ratio
+        return [
+            self.name, self.unit.show(self.figure), self.unit.name, self.baseline_name,
+            self.unit.show(self.baseline or 0), f"{ratio:.2f}" if ratio < 10 else f"{ratio:.1f}",
+            self.target, "yes" if self.meets(self.figure, ratio) else "NO",
+        ]
+
+
+HEADER = ["benchmark", "figure", "unit", "baseline (same run)", "baseline", "ratio", "target",
+          "met"]
+RIGHT = {1, 4, 5}  # numeric columns
+
+
+def at_least(bound: float) -> Callable[[float, float], bool]:
+    return lambda figure, ratio: figure >= bound
+
+
+def at_most(bound: float) -> Callable[[float, float], bool]:
+    return lambda figure, ratio: figure <= bound
+
+
+def ratio_at_least(bound: float) -> Callable[[float, float], bool]:
+    return lambda figure, ratio: ratio >= bound
+
+
+def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
+    """The table's rows from each phase's figures (None: the phase failed)."""
+
+    def get(phase: str, name: str) -> float | None:
+        figures = results.get(phase)
+        return None if figures is None else figures[name]
+
+    commands, rebuild, http = "commands", "rebuild", "http"
+    small = results.get("scale_small") or {}
+    large = results.get("scale") or {}
+    size = f"{large.get('payments', 0):,} payments" if large else "the scale point"
+    small_size = f"{small.get('payments', 0):,} payments" if small else "the small size"
+    table = [
+        Row("command service, sequential (create/authorize/settle)",
+            get(commands, "service_rate"), PER_SECOND["commands"],
+            "durable one-row SQLite commits", get(commands, "ceiling_rate"),
+            "ratio >= 0.80", ratio_at_least(0.80)),
+        Row("rebuild both projections, one process each",
+            get(rebuild, "parallel_rate"), PER_SECOND["events"],
+            "one event per transaction", get(rebuild, "one_per_transaction_rate"),
+            ">= 30,000 events/s", at_least(30_000)),
+        Row("rebuild both projections, one after the other",
+            get(rebuild, "sequential_rate"), PER_SECOND["events"],
+            "one event per transaction", get(rebuild, "one_per_transaction_rate"),
+            "ratio >= 15", ratio_at_least(15)),
+        Row("live: from append to PaymentView row committed, p99",
+            get(rebuild, "live_p99"), MS, "the append alone, p99", get(rebuild, "append_p99"),
+            "<= 50 ms", at_most(0.050)),
+        Row("HTTP commands, 16 clients, gunicorn",
+            get(http, "commands_rate"), PER_SECOND["commands"],
+            "the service in-process, 1 client", get(http, "service_rate"),
+            ">= 500 commands/s", at_least(500)),
+        Row("HTTP commands, p99",
+            get(http, "commands_p99"), MS, "HTTP commands, p50", get(http, "commands_p50"),
+            "< 100 ms", at_most(REQUEST_P99_TARGET)),
+        Row("HTTP GET /api/payments/{id}/, 16 clients",
+            get(http, "reads_rate"), PER_SECOND["requests"],
+            "find_payment in-process, 1 client", get(http, "find_rate"),
+            ">= 800 requests/s", at_least(800)),
+        Row(f"scale: rebuild {size}, one process each",
+            get("scale", "rebuild_rate"), PER_SECOND["events"],
+            f"the same, {small_size}", get("scale_small", "rebuild_rate"),
+            ">= 30,000 events/s", at_least(30_000)),
+        Row(f"scale: rebuild {size}, wall time",
+            get("scale", "rebuild_seconds"), SECONDS,
+            f"the same, {small_size}", get("scale_small", "rebuild_seconds"),
+            f"<= {SECONDS.show(large.get('events', 0) / 30_000)} s (30,000 events/s)",
+            at_most(large.get("events", 0) / 30_000)),
+    ]
+    requests = {
+        "api_status": "GET /api/payments/?status=settled",
+        "api_status_bank": "GET /api/payments/?status=settled&bank_name=…",
+        "admin": "admin payment list",
+        "admin_status": "admin payment list ?status__exact=settled",
+    }
+    for key, label in requests.items():
+        table.append(Row(
+            f"scale: {label}, {size}, p99", get("scale", f"{key}_p99"), MS,
+            f"the same, {small_size}", get("scale_small", f"{key}_p99"),
+            "< 100 ms", at_most(REQUEST_P99_TARGET),
+        ))
+    return table
+
+
+def text_table(table: list[Row]) -> str:
+    """A fixed-width table for the terminal."""
+    lines = [HEADER, *(row.cells() for row in table)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    return "\n".join(
+        "  ".join(cell.rjust(w) if i in RIGHT else cell.ljust(w)
+                  for i, (cell, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+        for line in lines
+    )
+
+
+def markdown_table(table: list[Row]) -> str:
+    """The same table in Markdown, for docs/BENCHMARKS.md."""
+    rule = ["---: " if i in RIGHT else "--- " for i in range(len(HEADER))]
+    return "\n".join(
+        "| " + " | ".join(cell.strip().replace("|", "\\|") for cell in line) + " |"
+        for line in [HEADER, rule, *(row.cells() for row in table)]
+    )
+
+
+def _measure(module: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """In the phase's own process: import the benchmark (it sets Django up) and run it."""
+    return importlib.import_module(module).measure(**arguments)
+
+
+def run_phase(name: str, module: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """Run one phase in a fresh process; its figures, or None if it failed."""
+    say(f"{name}: {module}.measure({', '.join(f'{k}={v}' for k, v in arguments.items())})")
+    started = time.perf_counter()
+    try:
+        # spawn: a clean interpreter, not a copy of this one (nor of its threads).
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            figures = pool.submit(_measure, module, arguments).result()
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        say(f"{name}: FAILED\n{''.join(traceback.format_exception(e))}")
+        return None
+    say(f"{name}: done in {time.perf_counter() - started:.1f} s")
+    return figures
+
+
+def machine() -> str:
+    """Cores, CPU model, Python and SQLite versions."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        model = f" ({found.group(1).strip()})" if found else ""
+    return (f"{os.cpu_count()} cores{model}, Python {platform.python_version()},"
+            f" SQLite {sqlite3.sqlite_version}")
+
+
+def write_section(doc: Path, body: str) -> None:
+    """Replace what stands between the markers in ``doc`` with ``body``."""
+    text = doc.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{doc} has no {BEGIN} ... {END} section to write the table into")
+    doc.write_text(text[:start + len(BEGIN)] + "\n" + body + "\n" + text[end:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and short runs: a smoke test of about a minute")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                        help="write the table into the document (default: on unless --quick)")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the document to write into")
+    parser.add_argument("--payments", type=int, default=None,
+                        help="payments at the scale point (default: 1,000,000; 20,000 quick)")
+    args = parser.parse_args()
+    write = not args.quick if args.write is None else args.write
+
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any] | None] = {}
+    seconds: dict[str, float] = {}
+    for name, (module, full, quick) in PHASES.items():
+        arguments = dict(quick if args.quick else full)
+        if name == "scale" and args.payments is not None:
+            arguments["payments"] = args.payments
+        phase_started = time.perf_counter()
+        results[name] = run_phase(name, module, arguments)
+        seconds[name] = time.perf_counter() - phase_started
+    total = time.perf_counter() - started
+
+    table = rows(results)
+    command = "bench/run.py" + (" --quick" if args.quick else "") + (
+        f" --payments {args.payments}" if args.payments is not None else "")
+    timings = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+    samples = ", ".join(
+        f"{key} {figures[f'{key}_samples']}"
+        for key in ("api_status", "api_status_bank", "admin", "admin_status")
+        if (figures := results.get("scale")) is not None
+    )
+    print(text_table(table))
+    print(f"\n{machine()}; {total / 60:.1f} min in all: {timings}")
+    if samples:
+        print(f"timed requests per URL at the scale point: {samples}")
+    if write:
+        now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        write_section(args.doc, "\n".join([
+            f"`.venv/bin/python {command}` on {now}: {machine()}; {total / 60:.1f} min"
+            f" ({timings}).",
+            "",
+            markdown_table(table),
+            "",
+            f"Timed requests per URL at the scale point: {samples or 'none'} (fewer than"
+            " asked when they took longer than the phase's time budget).",
+        ]))
+        say(f"wrote the table into {args.doc}")
+    if any(figures is None for figures in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
