@@ -13,8 +13,11 @@ and their ratio; the target is a ratio of at least 0.8.
 from __future__ import annotations
 
 import argparse
+import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,31 @@ FOLDER = setup_django()
 
 from payments import services  # noqa: E402
 from payments.eventstore.embedded import EmbeddedEventStore  # noqa: E402
+from paymentsite.logging import JsonFormatter  # noqa: E402
 
 
-def service_rate(folder: Path, payments: int) -> float:
+@contextmanager
+def command_log_lines(path: Path) -> Iterator[None]:
+    """The service's INFO line per command, as JSON into ``path``, for the block."""
+    service_logger = logging.getLogger("payments.services")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    level, propagate = service_logger.level, service_logger.propagate
+    service_logger.addHandler(handler)
+    service_logger.setLevel(logging.INFO)
+    service_logger.propagate = False
+    try:
+        yield
+    finally:
+        service_logger.removeHandler(handler)
+        service_logger.setLevel(level)
+        service_logger.propagate = propagate
+        handler.close()
+
+
+def service_rate(folder: Path, payments: int, name: str = "events") -> float:
     """Commands per second through the service, sequentially."""
-    store = EmbeddedEventStore(folder / "events.sqlite3")
+    store = EmbeddedEventStore(folder / f"{name}.sqlite3")
     try:
         started = time.perf_counter()
         for _ in range(payments):
@@ -74,6 +97,7 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
     """The best service and ceiling rates (commands/s) of ``rounds`` interleaved rounds."""
     ceiling: list[float] = []
     service: list[float] = []
+    logged: list[float] = []
     # Interleave the rounds so that a burst of disk noise hits both sides alike.
     for round_ in range(rounds):
         folder = FOLDER / f"round-{round_}"
@@ -81,8 +105,11 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
         with step(f"round {round_ + 1} of {rounds}"):
             ceiling.append(sqlite_ceiling_rate(folder, 3 * payments))
             service.append(service_rate(folder, payments))
+            with command_log_lines(folder / "commands.log"):
+                logged.append(service_rate(folder, payments, "events-logged"))
     return {"commands": 3 * payments, "ceiling_rate": max(ceiling),
-            "service_rate": max(service), "ceiling_runs": ceiling, "service_runs": service}
+            "service_rate": max(service), "logged_rate": max(logged),
+            "ceiling_runs": ceiling, "service_runs": service, "logged_runs": logged}
 
 
 def main() -> None:
@@ -96,6 +123,8 @@ def main() -> None:
           + ", ".join(f"{r:.0f}" for r in f["ceiling_runs"]) + ")")
     print(f"command service:             {f['service_rate']:8.0f} commands/s (runs: "
           + ", ".join(f"{r:.0f}" for r in f["service_runs"]) + ")")
+    print(f"... with a log line each:    {f['logged_rate']:8.0f} commands/s (runs: "
+          + ", ".join(f"{r:.0f}" for r in f["logged_runs"]) + ")")
     print(f"ratio service / ceiling:     {f['service_rate'] / f['ceiling_rate']:8.2f}"
           "  (target >= 0.80)")
 

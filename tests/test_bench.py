@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # One pattern per row of the table, in order.
 ROWS = [
     r"command service, sequential",
+    r"the same, with its JSON log line per command",
     r"rebuild both projections, one process each",
     r"rebuild both projections, one after the other",
     r"live: from append to PaymentView row committed, p99",
