@@ -419,3 +419,55 @@ def test_multi_node_uri_opens_without_a_server() -> None:
         assert store._client is None  # nothing has talked to a node yet
     finally:
         store.close()
+
+
+def test_gunicorn_serves_the_probes_and_stops_cleanly_on_sigterm(
+    configs: dict, tmp_path: Path
+) -> None:
+    """web's command and environment, on local files: what `docker stop web` does to it."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        **configs["single"]["services"]["web"]["environment"],
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'events.sqlite3'}",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "1",
+    }
+    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT,
+                   env=env, check=True, timeout=120)
+    command = configs["single"]["services"]["web"]["command"]
+    assert command[0] == "gunicorn"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), *command[1:]],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        # The socket listens (connections queue) once the master says so.
+        started = []
+        for line in server.stdout:
+            started.append(line)
+            if "Listening at" in line:
+                break
+        assert server.poll() is None, "".join(started)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert json.load(response) == {"status": "ok"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+            assert json.load(response)["status"] == "ready"
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=gunicorn_settings()["graceful_timeout"] + 10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    output = "".join(started) + rest
+    assert server.returncode == 0, output
+    assert "Handling signal: term" in output, output
+    assert "Shutting down: Master" in output, output
+    assert "Traceback" not in output, output
