@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import StringIO
 from uuid import uuid4
 
@@ -16,7 +18,7 @@ from payments.events import stream_name
 from payments.eventstore import NewEvent, StreamState, get_event_store
 from projections.locks import is_locked, try_lock, unlock
 from projections.models import Checkpoint, DeclineView, PaymentView
-from projections.projectors import DeclineProjection, PaymentProjection
+from projections.projectors import DeclineProjection, PaymentProjection, Projection
 from projections.runner import Progress, ProjectionRunner
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,65 +53,76 @@ def run_projection(*args: str) -> str:
     return out.getvalue()
 
 
-def test_the_runner_catches_up_then_follows_live_appends() -> None:
-    some_payments(3)
-    store = get_event_store()
+class Following:
+    """A runner in a thread of its own; ``wait_until`` waits on its commits."""
+
+    def __init__(self, runner: ProjectionRunner, reached: threading.Condition) -> None:
+        self.runner = runner
+        self.reached = reached
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 20) -> None:
+        with self.reached:
+            assert self.reached.wait_for(predicate, timeout=timeout)
+
+    def caught_up(self) -> None:
+        self.wait_until(lambda: self.runner.progress.position
+                        >= self.runner.store.head_position())
+
+
+@contextmanager
+def following(
+    projection: Projection,
+    *,
+    batch_size: int = 1000,
+    on_commit: Callable[[], None] | None = None,
+) -> Iterator[Following]:
+    """Run ``projection`` in a thread for the block, then stop it and check it ended."""
     reached = threading.Condition()
     stop = threading.Event()
 
     def on_progress(progress: Progress) -> None:
+        if on_commit is not None:
+            on_commit()
         with reached:
             reached.notify_all()
 
-    runner = ProjectionRunner(PaymentProjection(), store, stop=stop, on_progress=on_progress)
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        with reached:
-            assert reached.wait_for(lambda: runner.progress.position >= store.head_position(),
-                                    timeout=10)
-        assert PaymentView.objects.count() == 3
-        live = services.create_payment(amount="77.00")
-        with reached:
-            assert reached.wait_for(lambda: runner.progress.position >= store.head_position(),
-                                    timeout=10)
-        assert PaymentView.objects.get(payment_id=live.id).amount == live.amount
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
-    assert Checkpoint.objects.get(name="payment").position == store.head_position()
-
-
-def test_a_runner_in_a_thread_holds_the_lock_on_its_own_connection_and_releases_it() -> None:
-    some_payments(2)
-    store = get_event_store()
-    reached = threading.Condition()
-    stop = threading.Event()
-
-    def on_progress(progress: Progress) -> None:
-        with reached:
-            reached.notify_all()
+    runner = ProjectionRunner(projection, get_event_store(), batch_size=batch_size, stop=stop,
+                              on_progress=on_progress)
 
     def run() -> None:
         try:
-            ProjectionRunner(PaymentProjection(), store, stop=stop,
-                             on_progress=on_progress).run()
+            runner.run()
         finally:
             connection.close()  # a thread's connection is its own to close
 
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        with reached:
-            assert reached.wait_for(lambda: PaymentView.objects.count() == 2, timeout=10)
-        assert is_locked("payment")
-        assert try_lock("payment") is None  # this thread's connection is another session
-        assert not is_locked("decline")
+        yield Following(runner, reached)
     finally:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_the_runner_catches_up_then_follows_live_appends() -> None:
+    some_payments(3)
+    with following(PaymentProjection()) as runner:
+        runner.caught_up()
+        assert PaymentView.objects.count() == 3
+        live = services.create_payment(amount="77.00")
+        runner.caught_up()
+        assert PaymentView.objects.get(payment_id=live.id).amount == live.amount
+    assert Checkpoint.objects.get(name="payment").position == get_event_store().head_position()
+
+
+def test_a_runner_in_a_thread_holds_the_lock_on_its_own_connection_and_releases_it() -> None:
+    some_payments(2)
+    with following(PaymentProjection()) as runner:
+        runner.wait_until(lambda: PaymentView.objects.count() == 2)
+        assert is_locked("payment")
+        assert try_lock("payment") is None  # this thread's connection is another session
+        assert not is_locked("decline")
     assert not is_locked("payment")
     lock = try_lock("payment")
     assert lock is not None
@@ -122,43 +135,22 @@ def test_a_runner_whose_connection_is_closed_under_it_commits_nothing_unlocked(c
     transaction, rolls that batch back, takes the lock again and counts exactly."""
     for _ in range(3):
         some_payments(3)  # one decline in each
-    store = get_event_store()
-    stop = threading.Event()
     closed = threading.Event()
-    done = threading.Condition()
 
-    def on_progress(progress: Progress) -> None:
+    def close_the_connection_once() -> None:
         if not closed.is_set():
             closed.set()
             connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had passed
             close_old_connections()
             assert connection.connection is None
-        with done:
-            done.notify_all()
 
-    runner = ProjectionRunner(DeclineProjection(), store, batch_size=4, stop=stop,
-                              on_progress=on_progress)
-
-    def run() -> None:
-        try:
-            runner.run()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        with done:
-            assert done.wait_for(lambda: runner.progress.position >= store.head_position(),
-                                 timeout=20)
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
+    with following(DeclineProjection(), batch_size=4,
+                   on_commit=close_the_connection_once) as runner:
+        runner.caught_up()
     assert closed.is_set()
     assert list(DeclineView.objects.values_list("decline_code", "bank_name", "count")) == [
         ("05", "Bank 9", 3)]
-    assert Checkpoint.objects.get(name="decline").position == store.head_position()
+    assert Checkpoint.objects.get(name="decline").position == get_event_store().head_position()
     if connection.vendor == "postgresql":
         assert "the database connection that held the runner's lock was closed" in caplog.text
     assert not is_locked("decline")
