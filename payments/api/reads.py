@@ -146,5 +146,4 @@ class PaymentDetailApi(APIView):
     )
     def get(self, request: Request, payment_id: str) -> Response:
         found = services.find_payment(payment_id=payment_id_from(payment_id))
-        detail = {**vars(found.payment), "events": found.history}
-        return Response(PaymentDetailSerializer(detail).data)
+        return Response(PaymentDetailSerializer(found).data)

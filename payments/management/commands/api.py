@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from payments import services
+from payments.api.serializers import history_json, payment_json
 from payments.domain import Payment, PaymentError
 from payments.events import EventDecodeError
 from payments.eventstore import EventStoreError
@@ -42,21 +43,6 @@ def _service_log_quiet(quiet: bool) -> Iterator[None]:
         yield
     finally:
         service_logger.setLevel(level)
-
-
-def payment_fields(payment: Payment) -> dict[str, Any]:
-    """The payment as JSON-ready fields, in the order people read them."""
-    return {
-        "id": str(payment.id),
-        "status": str(payment.status),
-        "amount": f"{payment.amount:.2f}",
-        "currency": payment.currency,
-        "settled_amount": f"{payment.settled_amount:.2f}",
-        "refunded_amount": f"{payment.refunded_amount:.2f}",
-        "bank_name": payment.bank_name,
-        "decline_code": payment.decline_code,
-        "version": payment.version,
-    }
 
 
 class Command(BaseCommand):
@@ -106,23 +92,18 @@ class Command(BaseCommand):
                 idempotency_key=key,
             )
             if options["json"]:
-                self._print_json(payment_fields(payment))
+                self._print_json(payment_json(payment))
             else:
                 self.stdout.write(str(payment.id))
             return
         payment_id = _payment_id(options["id"], action)
         if action == "find":
             found = services.find_payment(payment_id=payment_id)
-            history = [
-                {"version": e.version, "position": e.position, "type": e.type,
-                 "occurred_at": e.data.get("occurred_at"), "data": e.data}
-                for e in found.history
-            ]
             if options["json"]:
-                self._print_json({**payment_fields(found.payment), "events": history})
+                self._print_json(history_json(found))
             else:
                 self._print_fields(found.payment)
-                for entry in history:
+                for entry in history_json(found)["events"]:
                     details = ", ".join(
                         f"{k}={v}" for k, v in entry["data"].items()
                         if k not in ("payment_id", "occurred_at")
@@ -152,12 +133,12 @@ class Command(BaseCommand):
                 decline_code=_required(options, "decline_code", action), idempotency_key=key,
             )
         if options["json"]:
-            self._print_json(payment_fields(payment))
+            self._print_json(payment_json(payment))
         else:
             self._print_fields(payment)
 
     def _print_fields(self, payment: Payment) -> None:
-        for name, value in payment_fields(payment).items():
+        for name, value in payment_json(payment).items():
             self.stdout.write(f"{name}: {'' if value is None else value}")
 
     def _print_json(self, document: dict[str, Any]) -> None:
