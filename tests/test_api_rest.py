@@ -366,6 +366,34 @@ def test_anonymous_callers_are_refused_everywhere(client: APIClient, method: str
 def test_a_wrong_token_is_refused(client: APIClient) -> None:
     response = APIClient().get("/api/payments/", headers={"Authorization": "Token nope"})
     assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid token."}
+
+
+def test_an_inactive_users_token_is_refused(user: Any) -> None:
+    token = Token.objects.create(user=user)
+    user.is_active = False
+    user.save()
+    response = APIClient().get("/api/payments/", headers={"Authorization": f"Token {token.key}"})
+    assert response.status_code == 401
+    assert response.json() == {"detail": "User inactive or deleted."}
+
+
+def test_our_token_lookup_gives_what_drfs_gives(user: Any) -> None:
+    """payments.api.authentication replaces DRF's ORM lookup with one SQL query."""
+    from rest_framework.authentication import TokenAuthentication as DrfTokenAuthentication
+
+    from payments.api.authentication import TokenAuthentication
+
+    user.last_login = timezone.now()
+    user.save()
+    token = Token.objects.create(user=user)
+    ours = TokenAuthentication().authenticate_credentials(token.key)
+    drfs = DrfTokenAuthentication().authenticate_credentials(token.key)
+    for mine, theirs in zip(ours, drfs, strict=True):
+        assert type(mine) is type(theirs)
+        fields = [f.attname for f in type(mine)._meta.concrete_fields]
+        assert [getattr(mine, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert ours[1].user is ours[0]
 
 
 def test_token_authentication(user: Any) -> None:
