@@ -33,6 +33,10 @@ class PaymentView(models.Model):
             models.Index(fields=["status", "-updated_at"], name="paymentview_status_updated"),
             models.Index(fields=["bank_name", "-updated_at"], name="paymentview_bank_updated"),
             models.Index(fields=["currency", "-updated_at"], name="paymentview_currency_updated"),
+            # Status and bank together (the API, the payment list): their count reads
+            # only these entries, newest first needs no sort; currency too, if asked.
+            models.Index(fields=["status", "bank_name", "-updated_at", "currency"],
+                         name="paymentview_status_bank_upd"),
             models.Index(fields=["-updated_at"], name="paymentview_updated"),
             models.Index(fields=["-created_at"], name="paymentview_created"),
         ]

@@ -7,14 +7,20 @@ from decimal import Decimal
 from uuid import UUID, uuid4
 
 import pytest
+from django.contrib.admin.templatetags.admin_list import date_hierarchy as djangos_drilldown
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from payments import services
 from payments.eventstore import EventStoreUnavailable, get_event_store
 from projections import admin as projections_admin
+from projections.admin_probes import PROBES_PER_QUERY, distinct_periods
 from projections.locks import try_lock, unlock
 from projections.models import Checkpoint, DeclineView, PaymentView
+from projections.templatetags.projections_admin import date_hierarchy
 
 pytestmark = pytest.mark.django_db
 
@@ -231,3 +237,134 @@ def test_anonymous_is_sent_to_the_login(client) -> None:
     response = client.get(url("paymentview", "changelist"))
     assert response.status_code == 302
     assert response.url.startswith(reverse("admin:login"))
+
+
+# The date drill-down and the value filters: Django's answers, by index probes.
+
+SPREAD = [  # several years, months and days; some rows on a boundary
+    datetime(2023, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC),
+    datetime(2024, 2, 29, 12, 0, tzinfo=UTC), datetime(2024, 3, 1, 0, 30, tzinfo=UTC),
+    datetime(2024, 3, 1, 23, 30, tzinfo=UTC), datetime(2024, 3, 31, 23, 59, tzinfo=UTC),
+    datetime(2024, 11, 5, 8, 0, tzinfo=UTC), datetime(2026, 6, 15, 4, 0, tzinfo=UTC),
+]
+DRILLDOWN = [  # none, a year, a month, a day chosen; alone and with a filter
+    "", "updated_at__year=2024", "updated_at__year=2024&updated_at__month=3",
+    "updated_at__year=2024&updated_at__month=3&updated_at__day=1",
+    "updated_at__year=2025", "status__exact=settled",
+    "status__exact=settled&updated_at__year=2024", "bank_name=Bank+1",
+    "bank_name=Bank+1&updated_at__year=2024&updated_at__month=3", "q=Bank+2",
+]
+
+
+def spread_rows(count: int) -> None:
+    """``count`` rows cycling over SPREAD, two statuses and three banks."""
+    for i in range(count):
+        at = SPREAD[i % len(SPREAD)] + timedelta(seconds=i // len(SPREAD))
+        payment_row(updated_at=at, created_at=at, bank_name=f"Bank {i % 3}",
+                    status="settled" if i % 2 else "authorized")
+
+
+def test_the_date_drilldown_shows_what_djangos_own_shows(admin_client) -> None:
+    spread_rows(len(SPREAD) * 3)
+    for query in DRILLDOWN:
+        response = admin_client.get(url("paymentview", "changelist") + "?" + query)
+        assert response.status_code == 200, query
+        cl = response.context["cl"]
+        ours, djangos = date_hierarchy(cl), djangos_drilldown(cl)
+        assert ours == djangos, query
+        for choice in ours["choices"]:
+            assert str(choice["title"]) in response.content.decode(), query
+    # The top level lists the years that hold a row.
+    top = date_hierarchy(admin_client.get(url("paymentview", "changelist")).context["cl"])
+    assert [c["title"] for c in top["choices"]] == ["2023", "2024", "2026"]
+
+
+@pytest.mark.parametrize("span", ["one year", "one month", "one day", "no rows"])
+def test_the_drilldown_starts_where_djangos_does(admin_client, span) -> None:
+    at = {"one year": [NOW, NOW + timedelta(days=60)],
+          "one month": [NOW, NOW + timedelta(days=3)],
+          "one day": [NOW, NOW + timedelta(hours=1)], "no rows": []}[span]
+    for moment in at:
+        payment_row(updated_at=moment)
+    DeclineView.objects.bulk_create(
+        DeclineView(decline_code=f"{i}", bank_name="Acme Bank", date=moment.date())
+        for i, moment in enumerate(at))
+    for model in ("paymentview", "declineview"):
+        cl = admin_client.get(url(model, "changelist")).context["cl"]
+        assert date_hierarchy(cl) == djangos_drilldown(cl), (model, span)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Pacific/Kiritimati"])
+def test_the_periods_are_querysets_datetimes_and_dates(zone) -> None:
+    spread_rows(len(SPREAD))
+    for i, at in enumerate(SPREAD):
+        DeclineView.objects.create(decline_code=f"{i}", bank_name="Acme Bank", date=at.date())
+    with timezone.override(zone):
+        for queryset in (PaymentView.objects.all(), PaymentView.objects.filter(
+                status="settled"), PaymentView.objects.filter(
+                updated_at__gte=datetime(2024, 3, 1, tzinfo=UTC),
+                updated_at__lt=datetime(2024, 4, 1, tzinfo=UTC)),
+                PaymentView.objects.none(), PaymentView.objects.filter(bank_name="none")):
+            for kind in ("year", "month", "day"):
+                expected = list(queryset.datetimes("updated_at", kind))
+                found = distinct_periods(queryset, "updated_at", kind)
+                assert found == expected, (zone, kind, str(queryset.query))
+                assert [str(v.tzinfo) for v in found] == [str(v.tzinfo) for v in expected]
+        for kind in ("year", "month", "day"):
+            assert distinct_periods(DeclineView.objects.all(), "date", kind) == list(
+                DeclineView.objects.dates("date", kind))
+
+
+def test_years_far_apart_are_found(admin_client) -> None:
+    years = [1901, 1950, 2024, 1901 + PROBES_PER_QUERY + 7]
+    for year in years:
+        payment_row(updated_at=datetime(year, 5, 1, tzinfo=UTC))
+    queryset = PaymentView.objects.all()
+    assert distinct_periods(queryset, "updated_at", "year") == list(
+        queryset.datetimes("updated_at", "year"))
+
+
+def test_the_value_filters_list_every_value(admin_client) -> None:
+    for bank, currency in (("Bank 2", "USD"), ("", "EUR"), ("Bank 10", "EUR"),
+                           ("Bank 2", "CHF"), ("Änderbank", "USD")):
+        payment_row(bank_name=bank, currency=currency)
+    DeclineView.objects.create(decline_code="51", bank_name="Z Bank", date=NOW.date())
+    DeclineView.objects.create(decline_code="05", bank_name="A Bank", date=NOW.date())
+    for model, fields in (("paymentview", ("bank_name", "currency")),
+                          ("declineview", ("bank_name", "decline_code"))):
+        cl = admin_client.get(url(model, "changelist")).context["cl"]
+        specs = {spec.field_path: spec for spec in cl.filter_specs
+                 if hasattr(spec, "field_path")}
+        model_class = cl.model
+        for field in fields:
+            expected = list(model_class.objects.order_by(field).values_list(field, flat=True)
+                            .distinct())
+            assert list(specs[field].lookup_choices) == expected, (model, field)
+
+
+def changelist_queries(client, queries: list[str]) -> list[int]:
+    counts = []
+    for query in queries:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url("paymentview", "changelist") + "?" + query).status_code == 200
+        counts.append(len(captured))
+        for sql in (q["sql"].upper() for q in captured):
+            # What reads every row: DISTINCT, a truncation per row, MIN with MAX.
+            assert "DISTINCT" not in sql, (query, sql)
+            assert "TRUNC" not in sql, (query, sql)
+            assert not ("MIN(" in sql and "MAX(" in sql), (query, sql)
+    return counts
+
+
+def test_the_changelist_asks_as_many_queries_for_24_rows_as_for_240(
+        admin_client, django_assert_max_num_queries) -> None:
+    """24 rows hold every combination of moment, bank and status that 240 hold: the
+    same periods and values, ten times the rows."""
+    spread_rows(24)
+    with django_assert_max_num_queries(10 * len(DRILLDOWN)):
+        few = changelist_queries(admin_client, DRILLDOWN)
+    spread_rows(216)
+    with django_assert_max_num_queries(10 * len(DRILLDOWN)):
+        many = changelist_queries(admin_client, DRILLDOWN)
+    assert many == few
+    assert max(many) <= 10

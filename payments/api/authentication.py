@@ -18,26 +18,18 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
-Converter = tuple[Any, list[Any]]  # (the column expression, its value converters)
+from payments.rawsql import FromDb
 
 
 @cache
-def _lookup() -> tuple[str, list[str], list[str], list[Converter]]:
-    """The SQL, the user's and the token's fields it selects, and their converters.
-
-    The converters are the ones the ORM applies (aware datetimes on SQLite, ...), so the
-    user and token come out exactly as ``select_related`` would make them.
-    """
+def _lookup() -> tuple[str, list[str], list[str], list[FromDb]]:
+    """The SQL, the user's and the token's fields it selects, and their converters
+    (so the user and token come out exactly as ``select_related`` makes them)."""
     user_model = get_user_model()
     quote = connection.ops.quote_name
     selected = [("u", f) for f in user_model._meta.concrete_fields] + [
         ("t", f) for f in Token._meta.concrete_fields
     ]
-    converters = []
-    for alias, field in selected:
-        column = field.get_col(alias)
-        converters.append((column, connection.ops.get_db_converters(column)
-                           + field.get_db_converters(connection)))
     sql = (
         f"SELECT {', '.join(f'{a}.{quote(f.column)}' for a, f in selected)}"
         f" FROM {quote(Token._meta.db_table)} t"
@@ -47,16 +39,7 @@ def _lookup() -> tuple[str, list[str], list[str], list[Converter]]:
     )
     user_fields = [f.attname for a, f in selected if a == "u"]
     token_fields = [f.attname for a, f in selected if a == "t"]
-    return sql, user_fields, token_fields, converters
-
-
-def _converted(row: tuple[Any, ...], converters: list[Converter]) -> list[Any]:
-    values = []
-    for value, (column, functions) in zip(row, converters, strict=True):
-        for convert in functions:
-            value = convert(value, column, connection)
-        values.append(value)
-    return values
+    return sql, user_fields, token_fields, [FromDb(f, a, connection) for a, f in selected]
 
 
 class TokenAuthentication(authentication.TokenAuthentication):
@@ -69,7 +52,7 @@ class TokenAuthentication(authentication.TokenAuthentication):
             found = cursor.fetchone()
         if found is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        row = _converted(found, converters)
+        row = [convert(value) for convert, value in zip(converters, found, strict=True)]
         user = get_user_model().from_db(connection.alias, user_fields,
                                         row[:len(user_fields)])
         if not user.is_active:
