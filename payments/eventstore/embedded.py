@@ -14,11 +14,13 @@ Why this is safe as an event store:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +68,10 @@ _COLUMNS = "event_id, stream, type, data, metadata, version, position, recorded_
 # How often a live subscription looks for appends made by other processes. Appends
 # made through this process's store wake subscribers at once instead.
 POLL_INTERVAL = 0.05
+# Waits between tries for another process's turn to append: short, since a turn lasts
+# one commit (a fraction of a millisecond), doubling to this at most.
+WRITER_FIRST_PAUSE = 0.00005
+WRITER_LONGEST_PAUSE = 0.0002
 
 
 def _category(stream: str) -> str:
@@ -99,6 +105,11 @@ class EmbeddedEventStore(Closing):
         self._connections_lock = threading.Lock()
         self._errors = _SqliteErrors(self)
         self._schema_ready = False
+        # Appends take turns: the threads of this process here, then the processes on
+        # a lock file beside the store (see _one_writer).
+        self._writer = threading.Lock()
+        self._writer_fd: int | None = None
+        self._writer_pid = 0
         # Nothing touches the file yet: a store that is down now may be up by first use,
         # and that first use reports it as EventStoreUnavailable like any later call.
 
@@ -138,6 +149,57 @@ class EmbeddedEventStore(Closing):
                 self._connections.append(connection)
         return connection
 
+    @contextlib.contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """This process's turn to append, then the turn among processes (a lock file).
+
+        Writers then never wait in SQLite's busy handler, whose sleeps grow to 100 ms
+        (that was the 99th percentile of HTTP commands under 16 clients). Waiting is
+        bounded by ``timeout`` like any call; a process that dies drops its lock.
+        """
+        deadline = time.monotonic() + self.timeout
+        if not self._writer.acquire(timeout=self.timeout):
+            raise self._busy()
+        try:
+            fd = self._writer_lock_file()
+            pause = WRITER_FIRST_PAUSE
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise self._busy() from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, WRITER_LONGEST_PAUSE)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._writer.release()
+
+    def _busy(self) -> EventStoreUnavailable:
+        return EventStoreUnavailable(
+            f"embedded event store {self.path} is busy: no turn to append within"
+            f" {self.timeout:g} s"
+        )
+
+    def _writer_lock_file(self) -> int:
+        """This process's descriptor of the lock file (a forked child opens its own:
+        an inherited descriptor would share the parent's lock)."""
+        if self._writer_fd is None or self._writer_pid != os.getpid():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer_fd = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT,
+                                          0o644)
+            except OSError as e:
+                raise EventStoreUnavailable(
+                    f"embedded event store {self.path} is unavailable: {e}"
+                ) from e
+            self._writer_pid = os.getpid()
+        return self._writer_fd
+
     def _guard(self) -> _SqliteErrors:
         return self._errors
 
@@ -159,7 +221,7 @@ class EmbeddedEventStore(Closing):
         """Append in one durable transaction; the version check is part of the insert."""
         if not events:
             raise ValueError("nothing to append")
-        with self._guard():
+        with self._guard(), self._one_writer():
             connection = self._connection()
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -305,6 +367,10 @@ class EmbeddedEventStore(Closing):
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+        with self._writer:
+            if self._writer_fd is not None and self._writer_pid == os.getpid():
+                os.close(self._writer_fd)
+            self._writer_fd = None
         self._local = threading.local()
         with self._appended:
             self._appended.notify_all()
