@@ -24,7 +24,7 @@ from uuid import uuid4
 
 from payments.domain import apply, create_payment
 from payments.events import PaymentEvent, encode_data, encode_metadata, stream_name
-from payments.eventstore.embedded import _INSERT, SCHEMA  # what the store itself writes
+from payments.eventstore.embedded import _INSERT, SCHEMA, _category  # as the store writes
 
 BANKS = ["Northbank", "Eastbank", "Southbank", "Westbank", "Midbank"]
 CODES = ["05", "51", "54", "N7", "14", "61"]
@@ -64,7 +64,7 @@ def _rows(first: int, count: int, recorded_at: float) -> Iterator[tuple]:
         stream = stream_name(events[0].payment_id)
         metadata = encode_metadata(correlation_id=uuid4(), causation_id=uuid4())
         for version, event in enumerate(events):
-            yield (uuid4().bytes, stream, "payments", version, event.type_name,
+            yield (uuid4().bytes, stream, _category(stream), version, event.type_name,
                    encode_data(event), metadata, recorded_at)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def embedded_store(tmp_path: Path) -> Iterator[EventStore]:
     store = EmbeddedEventStore(tmp_path / "embedded-events.sqlite3")
     yield store
     store.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An esdb URI whose TCP port accepts connections but never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield f"esdb://127.0.0.1:{listener.getsockname()[1]}?Tls=false"
+    finally:
+        listener.close()

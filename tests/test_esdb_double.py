@@ -7,7 +7,6 @@ away and comes back. No Django, no real EventStoreDB.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 
@@ -43,18 +42,6 @@ def double() -> Iterator[EventStoreDBDouble]:
 def store(double: EventStoreDBDouble) -> Iterator[EventStoreDBEventStore]:
     with EventStoreDBEventStore(double.uri, timeout=DEADLINE) as adapter:
         yield adapter
-
-
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    """An esdb URI whose TCP port accepts connections but never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    try:
-        yield f"esdb://127.0.0.1:{listener.getsockname()[1]}?Tls=false"
-    finally:
-        listener.close()
 
 
 def test_append_and_read_stream_round_trip(store, double):

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,30 +101,17 @@ def test_store_down_is_a_503_in_json_naming_the_check(client: Client, settings,
     assert_nothing_sensitive(response.content.decode(), str(tmp_path), "a-file")
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A TCP port that accepts connections and never answers: a hung event store."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-
-
+@pytest.mark.timeout(10)  # without the probe's own deadline it would wait 20 s
 def test_a_store_that_hangs_fails_at_the_probe_deadline(client: Client, settings, monkeypatch,
-                                                       silent_server: int) -> None:
-    settings.EVENTSTORE_URI = f"esdb://127.0.0.1:{silent_server}?Tls=false"
-    settings.EVENTSTORE_TIMEOUT = 3.0
+                                                       black_hole: str) -> None:
+    settings.EVENTSTORE_URI = black_hole
+    settings.EVENTSTORE_TIMEOUT = 20.0  # the store's own calls would wait that long
     reset_event_store()
     monkeypatch.setattr(health, "STORE_DEADLINE", 0.3)
-    started = time.monotonic()
     response = client.get("/readyz")
-    assert 0.3 <= time.monotonic() - started < 2.0  # the deadline, not the store's timeout
     assert response.status_code == 503
     assert response.json()["checks"] == {"event_store": "fail", "database": "ok"}
-    assert_nothing_sensitive(response.content.decode(), str(silent_server))
+    assert_nothing_sensitive(response.content.decode(), black_hole.split("//")[1].split("?")[0])
 
 
 def test_with_debug_off_the_probes_are_not_redirected_to_https(client: Client,

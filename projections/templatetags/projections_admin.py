@@ -32,18 +32,22 @@ class ProbedQuerySet:
     def __init__(self, queryset: QuerySet, field_name: str) -> None:
         self.queryset = queryset
         self.field_name = field_name
+        self.bounds: tuple[Any, Any] | None = None
+        self.bounds_known = False  # the tag asks the bounds first, then the periods
 
     def aggregate(self, **expressions: Min | Max) -> dict[str, Any]:
         """``first``/``last``: the field's ``Min`` and ``Max`` (what the tag asks)."""
         asked = {name: (type(e), e.source_expressions[0].name) for name, e in expressions.items()}
         if asked != {"first": (Min, self.field_name), "last": (Max, self.field_name)}:
             raise NotImplementedError(f"only the date hierarchy's bounds, not {asked}")
-        bounds = date_bounds(self.queryset, self.field_name)
-        first, last = bounds if bounds is not None else (None, None)
+        self.bounds, self.bounds_known = date_bounds(self.queryset, self.field_name), True
+        first, last = self.bounds if self.bounds is not None else (None, None)
         return {"first": first, "last": last}
 
     def datetimes(self, field_name: str, kind: str) -> list[Any]:
-        return distinct_periods(self.queryset, field_name, kind)
+        if self.bounds_known and self.bounds is None:
+            return []  # no row has a date
+        return distinct_periods(self.queryset, field_name, kind, self.bounds)
 
     dates = datetimes  # distinct_periods answers for date and datetime fields alike
 
