@@ -20,12 +20,15 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from payments.eventstore import get_event_store
@@ -106,11 +109,23 @@ class User:
         field.send_keys(value)
 
     def submit(self, button: str) -> None:
-        """Click a submit button and wait for the page it leads to."""
-        old = self.find("html")
+        """Click a submit button and wait for the page it leads to.
+
+        The old page is marked with a script variable that a new document does not
+        have. (Waiting for the old ``<html>`` to go stale instead breaks on chromedriver
+        156, which then answers "Node with given id does not belong to the document"
+        as an unknown error.) While the page changes, a script call may fail the same
+        way: the wait tries again until the new page is complete.
+        """
+        self.driver.execute_script("window.leftByTest = true")
         self.find(button).click()
-        self.wait().until(EC.staleness_of(old))
-        self.wait().until(lambda d: d.execute_script("return document.readyState") == "complete")
+        WebDriverWait(self.driver, WAIT, poll_frequency=0.1,
+                      ignored_exceptions=(WebDriverException,)).until(
+            lambda d: d.execute_script(
+                "return window.leftByTest === undefined && document.readyState === 'complete'"
+            ),
+            message=f"no new page after clicking {button}",
+        )
 
     def log_in(self, username: str, password: str) -> None:
         self.open("/")
