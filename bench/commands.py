@@ -8,6 +8,11 @@ the same run it measures the ceiling: one durable (WAL, synchronous=FULL) one-ro
 commit per command on a bare SQLite file in the same folder, the row as large as an
 event (data and metadata) but with no index and no work around it. It prints both rates
 and their ratio; the target is a ratio of at least 0.8.
+
+Between the two it also measures the same life cycle's commits straight into a table
+of the store's own schema, with the store's own statements (``UNIQUE (stream,
+version)``, the version check inside the insert) and no Python around them: what the
+schema alone costs, the most any service on it could reach.
 """
 
 from __future__ import annotations
@@ -20,13 +25,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from harness import setup_django, step
 
 FOLDER = setup_django()
 
 from payments import services  # noqa: E402
-from payments.eventstore.embedded import EmbeddedEventStore  # noqa: E402
+from payments.eventstore.embedded import (  # noqa: E402
+    _INSERT,
+    _INSERT_AFTER,
+    SCHEMA,
+    EmbeddedEventStore,
+)
 from paymentsite.logging import JsonFormatter  # noqa: E402
 
 
@@ -93,9 +104,39 @@ def sqlite_ceiling_rate(folder: Path, commits: int) -> float:
     return commits / elapsed
 
 
+def events_schema_rate(folder: Path, payments: int) -> float:
+    """The life cycle's durable commits into the events schema, straight through sqlite3.
+
+    One transaction per event, as ``append`` runs it (``BEGIN IMMEDIATE``, the insert
+    that checks the version before, ``COMMIT``), on a connection set up as the store
+    sets up its own; ids and rows are made before the clock starts.
+    """
+    connection = sqlite3.connect(folder / "schema.sqlite3", isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.executescript(SCHEMA)
+    streams = [f"payments-{uuid4()}" for _ in range(payments)]
+    ids = [uuid4().bytes for _ in range(3 * payments)]
+    started = time.perf_counter()
+    for n, stream in enumerate(streams):
+        for version, type_ in enumerate(("PaymentCreated", "PaymentAuthorized", "PaymentSettled")):
+            row = (ids[3 * n + version], stream, "payments", version, type_, _SETTLED_DATA,
+                   _METADATA, 0.0)
+            connection.execute("BEGIN IMMEDIATE")
+            if version == 0:
+                connection.execute(_INSERT, row)
+            else:
+                connection.execute(_INSERT_AFTER, (*row, stream, version - 1))
+            connection.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return 3 * payments / elapsed
+
+
 def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
     """The best service and ceiling rates (commands/s) of ``rounds`` interleaved rounds."""
     ceiling: list[float] = []
+    schema: list[float] = []
     service: list[float] = []
     logged: list[float] = []
     # Interleave the rounds so that a burst of disk noise hits both sides alike.
@@ -104,12 +145,14 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
         folder.mkdir()
         with step(f"round {round_ + 1} of {rounds}"):
             ceiling.append(sqlite_ceiling_rate(folder, 3 * payments))
+            schema.append(events_schema_rate(folder, payments))
             service.append(service_rate(folder, payments))
             with command_log_lines(folder / "commands.log"):
                 logged.append(service_rate(folder, payments, "events-logged"))
     return {"commands": 3 * payments, "ceiling_rate": max(ceiling),
-            "service_rate": max(service), "logged_rate": max(logged),
-            "ceiling_runs": ceiling, "service_runs": service, "logged_runs": logged}
+            "schema_rate": max(schema), "service_rate": max(service),
+            "logged_rate": max(logged), "ceiling_runs": ceiling, "schema_runs": schema,
+            "service_runs": service, "logged_runs": logged}
 
 
 def main() -> None:
@@ -121,10 +164,14 @@ def main() -> None:
     print(f"commands per run:            {f['commands']} ({args.payments} payments x 3)")
     print(f"SQLite durable commit floor: {f['ceiling_rate']:8.0f} commits/s  (runs: "
           + ", ".join(f"{r:.0f}" for r in f["ceiling_runs"]) + ")")
+    print(f"the same into events schema: {f['schema_rate']:8.0f} commits/s  (runs: "
+          + ", ".join(f"{r:.0f}" for r in f["schema_runs"]) + ")")
     print(f"command service:             {f['service_rate']:8.0f} commands/s (runs: "
           + ", ".join(f"{r:.0f}" for r in f["service_runs"]) + ")")
     print(f"... with a log line each:    {f['logged_rate']:8.0f} commands/s (runs: "
           + ", ".join(f"{r:.0f}" for r in f["logged_runs"]) + ")")
+    print(f"ratio schema / ceiling:      {f['schema_rate'] / f['ceiling_rate']:8.2f}"
+          "  (the most a service on this schema could reach)")
     print(f"ratio service / ceiling:     {f['service_rate'] / f['ceiling_rate']:8.2f}"
           "  (target >= 0.80)")
 
