@@ -31,7 +31,9 @@ same port, so tests can take the "server" away and bring it back.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import threading
 import time
 import uuid
@@ -632,3 +634,69 @@ class EventStoreDBDouble:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class SilenceableLink:
+    """A TCP relay to a server that can go silent: the connections stay open, the
+    bytes sent are taken (TCP acknowledges them) but nothing is delivered or answered.
+
+    What a client sees when a NAT or firewall between it and EventStoreDB forgets the
+    connection, or the network parts: no FIN, no RST, only silence.
+    """
+
+    def __init__(self, port: int) -> None:
+        self._target = (HOST, port)
+        self._listener = socket.create_server((HOST, 0))
+        self._silent = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="silenceable-link", daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        """An ``esdb://`` URI (insecure) through the link."""
+        return f"esdb://{HOST}:{self._listener.getsockname()[1]}?Tls=false"
+
+    def go_silent(self) -> None:
+        self._silent.set()
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._target)
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                if not self._silent.is_set():
+                    sink.sendall(data)
+            except OSError:
+                return
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

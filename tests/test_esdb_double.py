@@ -11,17 +11,19 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from esdbclient.connection_spec import ConnectionSpec
 from esdbclient.exceptions import WrongCurrentVersion
 
-from payments.eventstore.esdb import EventStoreDBEventStore
+from payments.eventstore.esdb import EventStoreDBEventStore, keepalive_options
 from payments.eventstore.port import (
     EventStoreUnavailable,
     NewEvent,
     StreamNotFound,
     StreamState,
+    Subscription,
     WrongExpectedVersion,
 )
-from tests.esdb_double import EventStoreDBDouble
+from tests.esdb_double import EventStoreDBDouble, SilenceableLink
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -203,6 +205,59 @@ def test_live_subscription_surfaces_the_server_going_away(store, double):
             subscription.get(timeout=5)
         with pytest.raises(EventStoreUnavailable):  # and it stays broken
             subscription.get(timeout=0)
+
+
+def read_until_it_fails(subscription: Subscription, *, tries: int) -> None:
+    """Wait for events, half a second at a time, until ``get`` raises (or ``tries`` end)."""
+    for _ in range(tries):
+        subscription.get(timeout=0.5)
+
+
+def test_live_subscription_on_a_connection_gone_silent_reports_unavailable(double):
+    """No FIN, no RST, only silence (a NAT that forgot the connection): keepalive pings
+    that go unanswered end the subscription, instead of it waiting for ever."""
+    fast_keepalive = "&KeepAliveInterval=500&KeepAliveTimeout=500"
+    with (
+        SilenceableLink(double.port) as link,
+        EventStoreDBEventStore(link.uri + fast_keepalive, timeout=DEADLINE) as store,
+        EventStoreDBEventStore(double.uri, timeout=DEADLINE) as writer,
+        store.subscribe() as subscription,
+    ):
+        writer.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+        assert subscription.get(timeout=5) is not None
+        link.go_silent()
+        writer.append("payments-1", [event(n=1)], 0)  # never reaches the subscriber
+
+        with pytest.raises(EventStoreUnavailable):
+            read_until_it_fails(subscription, tries=40)  # 20 s; with these pings ~1 s
+
+
+def test_quiet_subscription_keeps_its_connection_between_keepalive_pings(double):
+    """The pings themselves must not cost the connection: quiet for many ping
+    intervals, then an append still arrives."""
+    with (
+        EventStoreDBEventStore(double.uri + "&KeepAliveInterval=100&KeepAliveTimeout=1000",
+                               timeout=DEADLINE) as store,
+        store.subscribe() as subscription,
+    ):
+        quiet = [subscription.get(timeout=0.2) for _ in range(10)]  # ~20 ping intervals
+        appended = store.append("payments-1", [event()], StreamState.NO_STREAM)
+        arrived = subscription.get(timeout=5)
+
+    assert quiet == [None] * 10
+    assert arrived is not None
+    assert arrived.position == appended.position
+
+
+def test_keepalive_defaults_to_eventstoredbs_and_honours_the_uri():
+    defaults = dict(keepalive_options(ConnectionSpec("esdb://127.0.0.1:2113?Tls=false")))
+    given = dict(keepalive_options(ConnectionSpec(
+        "esdb://127.0.0.1:2113?Tls=false&KeepAliveInterval=3000&KeepAliveTimeout=4000")))
+
+    assert defaults["grpc.keepalive_time_ms"] == 10_000
+    assert defaults["grpc.keepalive_timeout_ms"] == defaults["grpc.http2.ping_timeout_ms"] == 10_000
+    assert given["grpc.keepalive_time_ms"] == 3000
+    assert given["grpc.keepalive_timeout_ms"] == given["grpc.http2.ping_timeout_ms"] == 4000
 
 
 def test_restarted_server_works_again_with_its_data(store, double):

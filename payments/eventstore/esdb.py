@@ -160,6 +160,33 @@ def _bounded_discovery(uri: str, timeout: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+# EventStoreDB's own clients ping every 10 s and give up 10 s after an unanswered ping.
+KEEPALIVE_INTERVAL_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+def keepalive_options(spec: ConnectionSpec) -> GrpcOptions:
+    """HTTP/2 keepalive pings, at the URI's ``KeepAliveInterval``/``KeepAliveTimeout``.
+
+    A subscription receives nothing while nothing is appended, so only an unanswered
+    ping tells it that the connection died without a FIN or RST (a NAT or firewall
+    that forgot it, a partition); then the call fails and the runner reconnects.
+    esdbclient 1.1.7 sets the interval under a name gRPC does not know
+    (``grpc.keepalive_ms``), so without this there are no pings and such a
+    subscription waits for ever.
+    """
+    interval = spec.options.KeepAliveInterval or KEEPALIVE_INTERVAL_MS
+    timeout = spec.options.KeepAliveTimeout or KEEPALIVE_TIMEOUT_MS
+    return (
+        ("grpc.keepalive_time_ms", interval),
+        ("grpc.keepalive_timeout_ms", timeout),
+        # gRPC's own pings (flow control's) wait 60 s for an answer, and while one is
+        # out no keepalive ping is sent: give them the same timeout.
+        ("grpc.http2.ping_timeout_ms", timeout),
+        ("grpc.http2.max_pings_without_data", 0),  # a quiet subscription keeps pinging
+    )
+
+
 class _Client(EventStoreDBClient):
     """esdbclient's client on gRPC channels that fail fast and reconnect for real.
 
@@ -169,6 +196,7 @@ class _Client(EventStoreDBClient):
     * A subchannel pool per channel: with gRPC's global pool, the new channel of a
       reconnect shares the old one's connection, still waiting out its reconnect
       backoff (1 s and growing), so the retry fails too although the server is back.
+    * Keepalive pings that gRPC understands (``keepalive_options``).
 
     (This overrides a private esdbclient method; esdbclient is pinned.)
     """
@@ -180,6 +208,7 @@ class _Client(EventStoreDBClient):
             *grpc_options,
             ("grpc.enable_retries", 0),
             ("grpc.use_local_subchannel_pool", 1),
+            *keepalive_options(self.connection_spec),
         )
         return super()._construct_grpc_channel(grpc_target, options)
 
