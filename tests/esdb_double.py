@@ -56,6 +56,8 @@ from esdbclient.protos.Grpc import (
 )
 from google.protobuf import any_pb2, empty_pb2
 
+from payments.eventstore.port import Closing
+
 HOST = "127.0.0.1"
 FIRST_POSITION = 1000  # EventStoreDB's first user events are never at position 0
 POSITION_STEP = 137  # positions are not dense, so nothing may assume +1
@@ -636,7 +638,7 @@ class EventStoreDBDouble:
         self.stop()
 
 
-class SilenceableLink:
+class SilenceableLink(Closing):
     """A TCP relay to a server that can go silent: the connections stay open, the
     bytes sent are taken (TCP acknowledges them) but nothing is delivered or answered.
 
@@ -689,14 +691,3 @@ class SilenceableLink:
                     sink.sendall(data)
             except OSError:
                 return
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
