@@ -594,7 +594,12 @@ class EventStoreDBDouble:
                 executor = ThreadPoolExecutor(
                     max_workers=self._max_workers, thread_name_prefix="esdb-double"
                 )
-                server = grpc.server(executor)
+                # EventStoreDB takes its clients' keepalive pings (every 10 s by
+                # default); gRPC's own server would call them abuse and hang up.
+                server = grpc.server(executor, options=[
+                    ("grpc.http2.min_recv_ping_interval_without_data_ms", 0),
+                    ("grpc.http2.max_ping_strikes", 0),
+                ])
                 streams_pb2_grpc.add_StreamsServicer_to_server(self._streams, server)
                 gossip_pb2_grpc.add_GossipServicer_to_server(self._gossip, server)
                 port = server.add_insecure_port(f"{HOST}:{self._port}")
