@@ -16,9 +16,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from uuid import UUID, uuid4
 
+from payments import text
+from payments.currencies import CURRENCIES
 from payments.events import (
     PaymentAuthorized,
     PaymentCreated,
@@ -31,8 +33,13 @@ from payments.events import (
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_BANK_NAME_LENGTH = 100
+# Settle and refund events per payment. A card payment is captured in a few parts
+# (shipments) and refunded in a few; a hundred of each is far beyond any real order and
+# keeps every stream short enough to read and fold on each command (DECISIONS.md).
+MAX_SETTLEMENTS = 100
+MAX_REFUNDS = 100
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_DECLINE_CODE = re.compile(r"[A-Z0-9]{1,4}")
+_DECLINE_CODE = re.compile(r"[A-Za-z0-9]{1,4}")
 
 
 class PaymentStatus(enum.StrEnum):
@@ -104,19 +111,62 @@ class AmountExceedsBalance(PaymentError):
         )
 
 
+class LimitReached(PaymentError):
+    """The payment already has as many settlements (or refunds) as one payment may."""
+
+    def __init__(self, status: PaymentStatus, action: Action, limit: int) -> None:
+        self.status = status
+        self.action = action
+        self.limit = limit
+        what = "settlements" if action == Action.SETTLE else "refunds"
+        super().__init__(
+            f"cannot {action} this payment again: it has {limit} {what}, the most one"
+            f" payment may have; {action} what is left in one go"
+        )
+
+
 # --- input rules -------------------------------------------------------------------
+#
+# One parse function per kind of input; the API, the forms and the CLI call these and
+# show their message, so a refusal reads the same on every interface.
+
+# A plain decimal: ASCII digits, at most one point. No sign, exponent, underscore or
+# space anywhere (Decimal() would take "1e2", "1_000", " 5", "+5" and Arabic digits).
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_NEGATIVE_DECIMAL = re.compile(r"-[0-9]+(?:\.[0-9]+)?")
+_MAX_AMOUNT_TEXT = 40  # characters; anything longer is refused before it is parsed
+PLAIN_DECIMAL_MESSAGE = (
+    'is not a plain decimal such as "12.50" (digits and at most one point; no sign,'
+    " exponent, spaces or separators)"
+)
 
 
 def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
-    """A positive amount with at most 2 decimal places and 12 integer digits."""
+    """A positive amount with at most 2 decimal places and 12 integer digits.
+
+    Text must be a plain decimal; an int (a JSON integer) is exact and accepted; a float
+    never is (0.1 is not 0.10).
+    """
     if isinstance(value, float):
         raise InvalidInput(field, 'must be a decimal string such as "12.50", not a float')
-    try:
-        amount = Decimal(value.strip() if isinstance(value, str) else value)
-    except (InvalidOperation, ValueError, TypeError):
-        raise InvalidInput(field, f"{value!r} is not a number") from None
-    if not amount.is_finite():
-        raise InvalidInput(field, f"{value!r} is not a finite number")
+    if isinstance(value, bool):
+        raise InvalidInput(field, f"{value!r} {PLAIN_DECIMAL_MESSAGE}")
+    if isinstance(value, str):
+        if len(value) > _MAX_AMOUNT_TEXT:
+            raise InvalidInput(field, f"must be at most {MAX_AMOUNT:,}")
+        if _NEGATIVE_DECIMAL.fullmatch(value):
+            raise InvalidInput(field, "must be greater than 0")
+        if not _PLAIN_DECIMAL.fullmatch(value):
+            raise InvalidInput(field, f"{value!r} {PLAIN_DECIMAL_MESSAGE}")
+        if len(value.partition(".")[2]) > 2:
+            raise InvalidInput(field, "must have at most 2 decimal places")
+        amount = Decimal(value)
+    elif isinstance(value, int | Decimal):
+        amount = Decimal(value)
+        if not amount.is_finite():
+            raise InvalidInput(field, f"{value!r} is not a finite number")
+    else:
+        raise InvalidInput(field, f"{type(value).__name__} {PLAIN_DECIMAL_MESSAGE}")
     if amount <= 0:
         raise InvalidInput(field, "must be greater than 0")
     if amount > MAX_AMOUNT:
@@ -128,29 +178,46 @@ def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
 
 
 def parse_currency(value: str) -> str:
-    """An ISO 4217 alphabetic code: three letters, upper-cased."""
-    code = value.strip().upper()
+    """An ISO 4217 currency code from the real list (``EUR``, ``usd``), upper-cased."""
+    code = value.strip().upper() if isinstance(value, str) else ""
     if not _CURRENCY.fullmatch(code):
-        raise InvalidInput("currency", f"{value!r} is not a three-letter ISO 4217 code")
+        raise InvalidInput("currency", "must be a three-letter ISO 4217 code such as EUR")
+    if code not in CURRENCIES:
+        raise InvalidInput("currency", f"{code} is not an ISO 4217 currency code")
     return code
+
+
+def parse_text(value: str, field: str, *, max_length: int) -> str:
+    """The text rule (DESIGN.md) for every free-text field: valid, printable, one line.
+
+    Refuses lone surrogates, NUL, control and format characters (bidi overrides
+    included) with a message naming the character; then NFC, trimmed, 1 to
+    ``max_length`` characters (code points, after normalisation).
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(field, "must be text")
+    found = text.forbidden_character(value)
+    if found is not None:
+        raise InvalidInput(field, text.describe(found))
+    cleaned = text.normalise(value).strip()
+    if not cleaned:
+        raise InvalidInput(field, "must not be empty")
+    if len(cleaned) > max_length:
+        raise InvalidInput(field, f"must be at most {max_length} characters")
+    return cleaned
 
 
 def parse_bank_name(value: str) -> str:
-    """A bank name: trimmed, not empty, at most 100 characters."""
-    name = value.strip()
-    if not name:
-        raise InvalidInput("bank_name", "must not be empty")
-    if len(name) > MAX_BANK_NAME_LENGTH:
-        raise InvalidInput("bank_name", f"must be at most {MAX_BANK_NAME_LENGTH} characters")
-    return name
+    """A bank name under the text rule, at most 100 characters."""
+    return parse_text(value, "bank_name", max_length=MAX_BANK_NAME_LENGTH)
 
 
 def parse_decline_code(value: str) -> str:
-    """A card network decline code (``05``, ``51``, ``N7``): 1-4 letters or digits."""
-    code = value.strip().upper()
-    if not _DECLINE_CODE.fullmatch(code):
-        raise InvalidInput("decline_code", f"{value!r} is not 1 to 4 letters or digits")
-    return code
+    """A card network decline code (``05``, ``51``, ``N7``): 1-4 ASCII letters or digits."""
+    code = value.strip() if isinstance(value, str) else ""
+    if not _DECLINE_CODE.fullmatch(code):  # before upper(): "ß".upper() is "SS"
+        raise InvalidInput("decline_code", "must be 1 to 4 letters or digits, such as 05 or N7")
+    return code.upper()
 
 
 # --- the aggregate ------------------------------------------------------------------
@@ -171,6 +238,8 @@ class Payment:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: int = 0  # stream version of the last event applied (0-based)
+    settlements: int = 0  # PaymentSettled events so far (bounded by MAX_SETTLEMENTS)
+    refunds: int = 0  # PaymentRefunded events so far (bounded by MAX_REFUNDS)
 
     @property
     def allowed_actions(self) -> tuple[Action, ...]:
@@ -207,6 +276,8 @@ class Payment:
     ) -> PaymentSettled:
         """Settle part or (by default) all of what is outstanding."""
         self._require(Action.SETTLE)
+        if self.settlements >= MAX_SETTLEMENTS:
+            raise LimitReached(self.status, Action.SETTLE, MAX_SETTLEMENTS)
         asked = self.outstanding if amount is None else parse_amount(amount)
         if asked > self.outstanding:
             raise AmountExceedsBalance(self.status, Action.SETTLE, asked, self.outstanding)
@@ -222,6 +293,8 @@ class Payment:
     def refund(self, *, amount: Decimal | None = None, occurred_at: datetime) -> PaymentRefunded:
         """Refund part or (by default) all of what was settled and not yet refunded."""
         self._require(Action.REFUND)
+        if self.refunds >= MAX_REFUNDS:
+            raise LimitReached(self.status, Action.REFUND, MAX_REFUNDS)
         asked = self.refundable if amount is None else parse_amount(amount)
         if asked > self.refundable:
             raise AmountExceedsBalance(self.status, Action.REFUND, asked, self.refundable)
@@ -286,7 +359,7 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
             else PaymentStatus.PARTIALLY_SETTLED
         )
         return replace(
-            payment, status=status, settled_amount=settled,
+            payment, status=status, settled_amount=settled, settlements=payment.settlements + 1,
             bank_name=event.bank_name or payment.bank_name, updated_at=at, version=version,
         )
     if isinstance(event, PaymentRefunded):
@@ -295,8 +368,8 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
             PaymentStatus.REFUNDED if refunded >= payment.settled_amount
             else PaymentStatus.PARTIALLY_REFUNDED
         )
-        return replace(payment, status=status, refunded_amount=refunded, updated_at=at,
-                       version=version)
+        return replace(payment, status=status, refunded_amount=refunded,
+                       refunds=payment.refunds + 1, updated_at=at, version=version)
     if isinstance(event, PaymentDeclined):
         return replace(
             payment, status=PaymentStatus.DECLINED, bank_name=event.bank_name,

@@ -17,6 +17,9 @@ from functools import cache
 from typing import Any, ClassVar
 from uuid import UUID
 
+from payments import text
+from payments.eventstore.port import RecordedEvent, UnreadableEvent
+
 STREAM_CATEGORY = "payments"
 SCHEMA_VERSION = 1
 
@@ -162,22 +165,97 @@ def _schema_version(metadata: bytes) -> object:
 
 _CURRENT_VERSION_SUFFIX = f'"schemaVersion":{SCHEMA_VERSION}}}'.encode()
 
+# --- the read-time step: every stored document passes here before it is an event ------
+#
+# Upcasters: for an event type and a schema version n, a function that turns the stored
+# JSON document of version n into version n + 1. Decoding applies them in order up to
+# SCHEMA_VERSION (a type with no upcaster at n did not change at n + 1); new events are
+# written at SCHEMA_VERSION only. None yet: version 1 is the only one ever written.
+Document = dict[str, Any]
+UPCASTERS: dict[tuple[str, int], Callable[[Document], Document]] = {}
+
+
+def upcast(type_name: str, version: object, document: Document) -> Document:
+    """The document at the current schema version; an unknown version is refused."""
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+        raise EventDecodeError(
+            f"{type_name} schema version {version!r} is not supported (this code reads"
+            f" versions 1 to {SCHEMA_VERSION})"
+        )
+    while version < SCHEMA_VERSION:
+        upcaster = UPCASTERS.get((type_name, version))
+        if upcaster is not None:
+            document = upcaster(document)
+        version += 1
+    return document
+
+
+def _repair_text(value: Any) -> Any:
+    """Every string in a stored document made valid under the text rule (payments.text).
+
+    Events stored before the rule may hold lone surrogates, NUL or control characters;
+    they must still project into any database and render on any page.
+    """
+    if isinstance(value, str):
+        return text.repair(value)
+    if isinstance(value, dict):
+        return {_repair_text(k): _repair_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repair_text(v) for v in value]
+    return value
+
+
+def decode_document(type_name: str, data: bytes, metadata: bytes = b"") -> Document:
+    """The stored data as a JSON object at the current schema version, its text valid.
+
+    The one read-time step of the contract: every reader (the command service's fold,
+    the runners, the histories) decodes through here.
+    """
+    if type_name not in EVENT_TYPES:
+        raise EventDecodeError(f"unknown event type {type_name!r}")
+    version = _schema_version(metadata)
+    try:
+        # Invalid UTF-8 (another tool's bytes) becomes U+FFFD, as the text rule repairs.
+        document = json.loads(data.decode(errors="replace"))  # str: no encoding sniffing
+    except (ValueError, RecursionError) as e:
+        raise EventDecodeError(f"bad {type_name} data: not JSON ({e})") from None
+    if not isinstance(document, dict):
+        raise EventDecodeError(f"bad {type_name} data: not a JSON object")
+    document = upcast(type_name, version, document)
+    # Our own writes are ASCII with no escapes (json.dumps escapes all else), so they
+    # can hold no character the rule forbids: the repair walks only the others.
+    if not data.isascii() or b"\\" in data or b"\x7f" in data:
+        try:
+            document = _repair_text(document)
+        except RecursionError:
+            raise EventDecodeError(f"bad {type_name} data: nested too deeply") from None
+    return document
+
 
 def decode_event(type_name: str, data: bytes, metadata: bytes = b"") -> PaymentEvent:
     """Parse stored JSON back into an event, checking every field's type."""
-    cls = EVENT_TYPES.get(type_name)
-    if cls is None:
-        raise EventDecodeError(f"unknown event type {type_name!r}")
-    version = _schema_version(metadata)
-    if version != SCHEMA_VERSION:
-        raise EventDecodeError(f"{type_name} schema version {version!r} is not supported")
+    document = decode_document(type_name, data, metadata)
+    cls = EVENT_TYPES[type_name]
     try:
-        document = json.loads(data.decode())  # str: spares json's encoding sniffing
-        if not isinstance(document, dict):
-            raise TypeError("data is not a JSON object")
         return cls(**{name: parse(document[name]) for name, parse in _parsers(cls)})
-    except (ValueError, KeyError, TypeError, ArithmeticError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, ArithmeticError) as e:
         raise EventDecodeError(f"bad {type_name} data: {e!r}") from None
+
+
+def decode_recorded(record: RecordedEvent) -> PaymentEvent:
+    """A stored event decoded; a failure is the port's ``UnreadableEvent``, with its place."""
+    try:
+        return decode_event(record.type, record.data, record.metadata)
+    except EventDecodeError as e:
+        raise UnreadableEvent(record.position, record.stream, record.type, str(e)) from None
+
+
+def recorded_document(record: RecordedEvent) -> Document:
+    """A stored event's data as the histories show it (upcast, text repaired)."""
+    try:
+        return decode_document(record.type, record.data, record.metadata)
+    except EventDecodeError as e:
+        raise UnreadableEvent(record.position, record.stream, record.type, str(e)) from None
 
 
 def _parse_str(value: object) -> str:

@@ -14,7 +14,7 @@ from django.shortcuts import render
 
 from payments.domain import HistoryError
 from payments.events import EventDecodeError
-from payments.eventstore import EventStoreError
+from payments.eventstore import EventStoreError, UnreadableEvent
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,14 @@ class EventStoreUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if isinstance(exception, EventStoreError):
-            logger.warning("event store error on %s: %s", request.path, exception)
-            message = "The event store is unreachable right now."
-        elif isinstance(exception, HistoryError | EventDecodeError):
+        if isinstance(exception, HistoryError | EventDecodeError | UnreadableEvent):
             # A stream this code cannot fold: the operator must look (as in the API).
             logger.error("cannot read events on %s: %s", request.path, exception,
                          exc_info=exception)
             message = "This payment's events cannot be read right now."
+        elif isinstance(exception, EventStoreError):
+            logger.warning("event store error on %s: %s", request.path, exception)
+            message = "The event store is unreachable right now."
         else:
             return None
         response = render(request, "503.html", {"message": message}, status=503)

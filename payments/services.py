@@ -31,6 +31,7 @@ from django.conf import settings
 
 from payments.domain import (
     HistoryError,
+    InvalidInput,
     Payment,
     PaymentError,
     apply,
@@ -45,10 +46,11 @@ from payments.domain import (
 )
 from payments.events import (
     PaymentEvent,
-    decode_event,
     decode_metadata,
+    decode_recorded,
     encode_data,
     encode_metadata,
+    recorded_document,
     stream_name,
 )
 from payments.eventstore import (
@@ -58,6 +60,7 @@ from payments.eventstore import (
     RecordedEvent,
     StreamNotFound,
     StreamState,
+    UnreadableEvent,
     WrongExpectedVersion,
     get_event_store,
 )
@@ -65,6 +68,7 @@ from payments.eventstore import (
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 10
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:paymentsite:idempotency")
 
 
@@ -111,6 +115,19 @@ class _Loaded:
     events: list[PaymentEvent]
 
 
+def parse_idempotency_key(value: str) -> str:
+    """A caller's idempotency key: 1 to 255 printable characters (a UUID is a good one).
+
+    The same rule for the API's header and the CLI's flag. Callers scope the key before
+    the service sees it (``"<user pk>:<key>"`` for the API, ``"cli:<key>"`` for the CLI,
+    ``"html:…"`` for the forms), so no interface can replay or block another's command.
+    """
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
+        raise InvalidInput("idempotency_key",
+                           f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters")
+    return value
+
+
 # --- use cases -----------------------------------------------------------------------
 
 
@@ -127,7 +144,9 @@ def create_payment(
     return _run(
         store or get_event_store(), payment_id, "create",
         lambda: {"amount": parse_amount(amount),
-                 "currency": parse_currency(currency or settings.DEFAULT_CURRENCY)},
+                 # None: the default; "" is a currency that was given empty, refused.
+                 "currency": parse_currency(
+                     settings.DEFAULT_CURRENCY if currency is None else currency)},
         lambda _, request: decide_create(payment_id=payment_id, **request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id, expected_version=None,
         creates=True,
@@ -220,7 +239,7 @@ def find_payment(*, payment_id: UUID, store: EventStore | None = None) -> Paymen
     history = [
         HistoryEntry(
             type=record.type,
-            data=json.loads(record.data),
+            data=recorded_document(record),
             version=record.version,
             position=record.position,
             occurred_at=event.occurred_at,
@@ -243,7 +262,7 @@ def _load(store: EventStore, payment_id: UUID) -> _Loaded:
         records = store.read_stream(stream_name(payment_id))
     except StreamNotFound:
         raise PaymentNotFound(payment_id) from None
-    events = [decode_event(r.type, r.data, r.metadata) for r in records]
+    events = [decode_recorded(r) for r in records]
     payment: Payment | None = None
     for record, event in zip(records, events, strict=True):
         payment = apply(payment, event, record.version)
@@ -383,7 +402,7 @@ def _failure(error: Exception) -> tuple[int, str]:
         return logging.WARNING, "conflict"
     if isinstance(error, PaymentError) and not isinstance(error, HistoryError):
         return logging.INFO, "refused"  # the rules said no: the system is fine
-    if isinstance(error, EventStoreError):
+    if isinstance(error, EventStoreError) and not isinstance(error, UnreadableEvent):
         return logging.WARNING, "unavailable"
     return logging.ERROR, "error"  # a stream we cannot read, or a bug
 

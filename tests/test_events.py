@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from payments import text
 from payments.events import (
     EVENT_TYPES,
     EventDecodeError,
@@ -22,11 +24,13 @@ from payments.events import (
     PaymentSettled,
     decode_event,
     decode_metadata,
+    decode_recorded,
     encode_data,
     encode_metadata,
     payment_id_from_stream,
     stream_name,
 )
+from payments.eventstore import RecordedEvent, UnreadableEvent
 
 PAYMENT_ID = UUID("0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11")
 REF_ID = UUID("7d0f0e8e-3c62-4b7e-8f3a-2b1f8f0f9c44")
@@ -117,7 +121,11 @@ money = st.decimals(
 moments = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
-texts = st.text(min_size=1, max_size=100)
+# Text as the domain accepts it (the text rule): such text round-trips exactly.
+texts = st.text(
+    alphabet=st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")),
+    min_size=1, max_size=100,
+).map(lambda t: unicodedata.normalize("NFC", t))
 events = st.one_of(
     st.builds(PaymentCreated, payment_id=st.uuids(), occurred_at=moments, amount=money,
               currency=st.sampled_from(["EUR", "USD", "GBP"])),
@@ -140,3 +148,56 @@ def test_every_event_round_trips_exactly(event) -> None:
         correlation_id=uuid4(), causation_id=uuid4()))
     assert decoded == event
     assert encode_data(decoded) == data  # byte for byte: "100.00" stays "100.00"
+
+
+@given(bank_name=st.text(alphabet=st.characters(codec=None), max_size=50))
+def test_stored_text_of_any_kind_decodes_to_text_the_rule_allows(bank_name: str) -> None:
+    """Events stored before the text rule (surrogates, NUL, controls, bidi overrides,
+    denormalised) still decode: each forbidden character becomes U+FFFD, then NFC."""
+    data = json.dumps({
+        "payment_id": str(PAYMENT_ID), "occurred_at": "2026-11-29T13:05:00Z",
+        "bank_name": bank_name, "authorization_id": str(REF_ID),
+    }).encode()
+    event = decode_event("PaymentAuthorized", data)
+    assert event.bank_name == text.repair(bank_name)
+    assert text.forbidden_character(event.bank_name) is None
+    assert unicodedata.is_normalized("NFC", event.bank_name)
+    event.bank_name.encode("utf-8")  # storable anywhere: no lone surrogate left
+
+
+@pytest.mark.parametrize(("stored", "decoded"), [
+    ("Ac\\ud800me", "Ac\ufffdme"),
+    ("Ac\\u0000me", "Ac\ufffdme"),
+    ("Line1\\nLine2", "Line1\ufffdLine2"),
+    ("\\u202eevil", "\ufffdevil"),
+    ("Cafe\\u0301", "Caf\u00e9"),
+])
+def test_poisoned_text_found_in_the_wild_is_repaired(stored: str, decoded: str) -> None:
+    data = (f'{{"payment_id":"{PAYMENT_ID}","occurred_at":"2026-11-29T13:05:00Z",'
+            f'"bank_name":"{stored}","authorization_id":"{REF_ID}"}}').encode()
+    assert decode_event("PaymentAuthorized", data).bank_name == decoded
+
+
+def test_invalid_utf8_in_stored_data_is_repaired_too() -> None:
+    data = ('{"payment_id":"%s","occurred_at":"2026-11-29T13:05:00Z","bank_name":"Bank',
+            '","authorization_id":"%s"}')
+    raw = (data[0] % PAYMENT_ID).encode() + b"\xff" + (data[1] % REF_ID).encode()
+    assert decode_event("PaymentAuthorized", raw).bank_name == "Bank\ufffd"
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None, True, 1.0])
+def test_a_schema_version_this_code_does_not_know_is_refused_by_name(version) -> None:
+    event = PaymentRefunded(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("1.00"),
+                            refund_id=REF_ID)
+    metadata = json.dumps({"schemaVersion": version}).encode()
+    with pytest.raises(EventDecodeError, match=r"schema version .* is not supported"):
+        decode_event("PaymentRefunded", encode_data(event), metadata)
+
+
+def test_a_recorded_event_that_does_not_decode_is_the_ports_error_with_its_position() -> None:
+    record = RecordedEvent(id=uuid4(), stream=stream_name(PAYMENT_ID), type="PaymentRefunded",
+                           data=b"{not json", metadata=b"{}", version=3, position=42)
+    with pytest.raises(UnreadableEvent, match=r"position 42 \(stream payments-.*, type"
+                                              r" PaymentRefunded\) cannot be read") as raised:
+        decode_recorded(record)
+    assert raised.value.position == 42

@@ -14,9 +14,15 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from payments.domain import AmountExceedsBalance, InvalidInput, PaymentError, TransitionNotAllowed
+from payments.domain import (
+    AmountExceedsBalance,
+    InvalidInput,
+    LimitReached,
+    PaymentError,
+    TransitionNotAllowed,
+)
 from payments.events import EventDecodeError
-from payments.eventstore import EventStoreError
+from payments.eventstore import EventStoreError, UnreadableEvent
 from payments.services import ConcurrencyConflict, IdempotencyKeyReused, PaymentNotFound
 
 logger = logging.getLogger(__name__)
@@ -52,16 +58,17 @@ def to_api_exception(exc: Exception) -> Exception:
     """The DRF exception that answers an application error (others pass through)."""
     if isinstance(exc, InvalidInput):
         return exceptions.ValidationError({exc.field: [exc.message]})
-    if isinstance(exc, TransitionNotAllowed | AmountExceedsBalance | ConcurrencyConflict):
+    if isinstance(exc, TransitionNotAllowed | AmountExceedsBalance | LimitReached
+                  | ConcurrencyConflict):
         return Conflict(str(exc))
     if isinstance(exc, PaymentNotFound):
         return exceptions.NotFound(str(exc))
     if isinstance(exc, IdempotencyKeyReused):
         return IdempotencyKeyConflict(str(exc))
-    if isinstance(exc, EventStoreError):
+    if isinstance(exc, EventStoreError) and not isinstance(exc, UnreadableEvent):
         logger.warning("event store error: %s", exc)
         return StoreUnavailable()
-    if isinstance(exc, PaymentError | EventDecodeError):
+    if isinstance(exc, PaymentError | EventDecodeError | UnreadableEvent):
         # A stream this code cannot fold (corrupt, or written by a newer version): the
         # operator must look; the client gets a clean answer and no traceback.
         logger.error("cannot read a payment's events: %s", exc, exc_info=exc)

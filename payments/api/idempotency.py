@@ -30,12 +30,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments.domain import AmountExceedsBalance, TransitionNotAllowed
+from payments.domain import AmountExceedsBalance, InvalidInput, TransitionNotAllowed
 from payments.models import IdempotencyRecord
-from payments.services import IdempotencyKeyReused, PaymentNotFound
+from payments.services import IdempotencyKeyReused, PaymentNotFound, parse_idempotency_key
 
 HEADER = "Idempotency-Key"
-MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
 _STORED_REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, PaymentNotFound)
 
@@ -55,11 +54,10 @@ def request_key(request: Request) -> str | None:
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise exceptions.ValidationError(
-            {HEADER: [f"must be 1 to {MAX_KEY_LENGTH} printable characters"]}
-        )
-    return key
+    try:
+        return parse_idempotency_key(key)
+    except InvalidInput as e:
+        raise exceptions.ValidationError({HEADER: [e.message]}) from None
 
 
 def service_key(request: Request) -> str | None:

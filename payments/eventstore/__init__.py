@@ -20,6 +20,7 @@ from payments.eventstore.port import (
     StreamNotFound,
     StreamState,
     Subscription,
+    UnreadableEvent,
     WrongExpectedVersion,
 )
 
@@ -34,6 +35,8 @@ __all__ = [
     "StreamNotFound",
     "StreamState",
     "Subscription",
+    "UnreadableEvent",
+    "UnsupportedEventStoreURI",
     "WrongExpectedVersion",
     "get_event_store",
     "open_event_store",
@@ -52,10 +55,14 @@ def open_event_store(uri: str, *, timeout: float = 5.0) -> EventStore:
         from payments.eventstore.esdb import EventStoreDBEventStore
 
         return EventStoreDBEventStore(uri, timeout=timeout)
-    raise ValueError(
+    raise UnsupportedEventStoreURI(
         f"EVENTSTORE_URI {uri.split('://')[0]}://… is not supported:"
         " use sqlite:///path or esdb://host:port"
     )
+
+
+class UnsupportedEventStoreURI(EventStoreError, ValueError):
+    """EVENTSTORE_URI names no store this code can open (a configuration error)."""
 
 
 _store: EventStore | None = None

@@ -36,6 +36,7 @@ from payments.eventstore.port import (
     StreamNotFound,
     StreamState,
     Subscription,
+    UnreadableEvent,
     WrongExpectedVersion,
 )
 
@@ -63,7 +64,12 @@ _INSERT_AFTER = (
     " (SELECT 1 FROM events WHERE stream = ? AND version = ?)"
 )
 
-_COLUMNS = "event_id, stream, type, data, metadata, version, position, recorded_at"
+# data and metadata as BLOB whatever their storage class: a row that another tool wrote
+# as TEXT holds the same JSON (a no-op for our own BLOBs).
+_COLUMNS = (
+    "event_id, stream, type, CAST(data AS BLOB), CAST(metadata AS BLOB), version, position,"
+    " recorded_at"
+)
 
 # How often a live subscription looks for appends made by other processes. Appends
 # made through this process's store wake subscribers at once instead.
@@ -80,16 +86,20 @@ def _category(stream: str) -> str:
 
 def _recorded(row: tuple) -> RecordedEvent:
     event_id, stream, type_, data, metadata, version, position, recorded_at = row
-    return RecordedEvent(
-        id=UUID(bytes=event_id),
-        stream=stream,
-        type=type_,
-        data=bytes(data),
-        metadata=bytes(metadata),
-        version=version,
-        position=position,
-        recorded_at=datetime.fromtimestamp(recorded_at, UTC),
-    )
+    try:
+        return RecordedEvent(
+            id=UUID(bytes=event_id),
+            stream=stream,
+            type=type_,
+            data=bytes(data),
+            metadata=bytes(metadata),
+            version=version,
+            position=position,
+            recorded_at=datetime.fromtimestamp(recorded_at, UTC),
+        )
+    except (TypeError, ValueError, OverflowError, OSError) as e:
+        # A row this store did not write (NULL data, an id that is not 16 bytes...).
+        raise UnreadableEvent(position, str(stream), str(type_), f"the stored row: {e}") from None
 
 
 class EmbeddedEventStore(Closing):
@@ -345,7 +355,15 @@ class EmbeddedEventStore(Closing):
                 " ORDER BY position LIMIT ?",
                 (category, after or 0, -1 if limit is None else limit),
             ).fetchall()
-        return [_recorded(row) for row in rows]
+        events = []
+        for row in rows:
+            try:
+                events.append(_recorded(row))
+            except UnreadableEvent:
+                if events:
+                    break  # the events before it first; the next read starts at it
+                raise
+        return events
 
     def subscribe(
         self, *, after: int | None = None, category: str = "payments"

@@ -90,6 +90,21 @@ class StreamNotFound(EventStoreError):
         super().__init__(f"stream {stream!r} not found")
 
 
+class UnreadableEvent(EventStoreError):
+    """A stored event that cannot be read as one: a row another tool wrote, data that is
+    not JSON, an unknown schema version. Its position, stream and type say which."""
+
+    def __init__(self, position: int, stream: str, type: str, reason: str) -> None:
+        self.position = position
+        self.stream = stream
+        self.type = type
+        self.reason = reason
+        super().__init__(
+            f"the event at position {position} (stream {stream}, type {type}) cannot be"
+            f" read: {reason}"
+        )
+
+
 class EventStoreUnavailable(EventStoreError):
     """The store could not be reached (or did not answer) within the deadline."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from argparse import ArgumentParser
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from payments import services
 from payments.api.serializers import history_json, payment_json
-from payments.domain import Payment, PaymentError
+from payments.domain import InvalidInput, Payment, PaymentError
 from payments.events import EventDecodeError
 from payments.eventstore import EventStoreError
 
@@ -76,17 +78,33 @@ class Command(BaseCommand):
         parser.add_argument("--idempotency-key", help="makes a retried command append nothing")
         parser.add_argument("--json", action="store_true", help="print JSON")
 
+    def execute(self, *args: Any, **options: Any) -> str | None:
+        """A reader that went away (``| head -1``) ends the command quietly, as for cat."""
+        try:
+            return super().execute(*args, **options)
+        except BrokenPipeError:
+            # Point stdout at /dev/null so the interpreter's last flush cannot fail too.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return None
+
     def handle(self, *args: Any, **options: Any) -> None:
         with _service_log_quiet(settings.LOG_LEVEL is None):
             try:
                 self._dispatch(options)
+            except InvalidInput as e:
+                raise CommandError(f"{_FLAGS.get(e.field, e.field)}: {e.message}") from e
             except (PaymentError, EventStoreError, EventDecodeError) as e:
                 raise CommandError(str(e)) from e
+            self.stdout.flush()  # a closed pipe shows here, inside execute
 
     def _dispatch(self, options: dict[str, Any]) -> None:
         action: str = options["action"]
-        key: str | None = options["idempotency_key"]
+        key = _scoped_key(options["idempotency_key"])
         if action == "create":
+            if options["id"] is not None:
+                raise CommandError("create takes no -i/--id: the new payment's id is chosen"
+                                   " for it (use --idempotency-key to make a retry safe)")
             payment = services.create_payment(
                 amount=_required(options, "value", action), currency=options["currency"],
                 idempotency_key=key,
@@ -146,7 +164,13 @@ class Command(BaseCommand):
 
 
 _FLAGS = {"value": "-v/--value", "bank_name": "-b/--bank-name",
-          "decline_code": "-c/--decline-code", "id": "-i/--id"}
+          "decline_code": "-c/--decline-code", "id": "-i/--id", "amount": "-v/--value",
+          "currency": "--currency", "idempotency_key": "--idempotency-key"}
+
+
+def _scoped_key(value: str | None) -> str | None:
+    """The REST rule for keys, and a scope of the CLI's own: never an API user's key."""
+    return None if value is None else f"cli:{services.parse_idempotency_key(value)}"
 
 
 def _required(options: dict[str, Any], name: str, action: str) -> str:
