@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -238,8 +238,10 @@ class Payment:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: int = 0  # stream version of the last event applied (0-based)
-    settlements: int = 0  # PaymentSettled events so far (bounded by MAX_SETTLEMENTS)
-    refunds: int = 0  # PaymentRefunded events so far (bounded by MAX_REFUNDS)
+    # Events so far, for the limits: the write side's bookkeeping, not part of what a
+    # payment is (the read model does not keep them, so equality leaves them out).
+    settlements: int = field(default=0, compare=False)  # PaymentSettled (MAX_SETTLEMENTS)
+    refunds: int = field(default=0, compare=False)  # PaymentRefunded (MAX_REFUNDS)
 
     @property
     def allowed_actions(self) -> tuple[Action, ...]:

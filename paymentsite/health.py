@@ -2,8 +2,10 @@
 
 ``/healthz`` (liveness) only says the process answers: it touches nothing, so a slow
 store never gets a healthy process restarted. ``/readyz`` (readiness) says whether
-requests can be served: the event store answers within a short deadline and the
-database a trivial query; it also reports each projection's checkpoint and lag (as
+requests can be served: the event store answers within a short deadline, the
+database a trivial query, and no projection's runner has stopped on an error (the
+read models would silently fall behind: a failed projection makes it unready, with the
+runner's one-line reason). It also reports each projection's checkpoint and lag (as
 ``manage.py projection_status`` computes them), but lag alone does not make it unready.
 
 Both are anonymous and exempt from the HTTPS redirect (a healthcheck asks over plain
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, connection
@@ -23,11 +25,12 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from payments.eventstore import EventStore, EventStoreError, get_event_store
+from payments.eventstore import EventStore, EventStoreError, UnreadableEvent, get_event_store
 from projections.management.commands.projection_status import (
     ProjectionStatus,
     projection_statuses,
 )
+from projections.models import Checkpoint
 from projections.projectors import PROJECTIONS
 
 logger = logging.getLogger(__name__)
@@ -47,10 +50,11 @@ class Readiness:
     event_store: bool
     database: bool
     projections: list[ProjectionStatus] | None
+    failed: dict[str, str] = field(default_factory=dict)  # projection -> why it stopped
 
     @property
     def ready(self) -> bool:
-        return self.event_store and self.database
+        return self.event_store and self.database and not self.failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,7 +62,9 @@ class Readiness:
             "checks": {
                 "event_store": "ok" if self.event_store else "fail",
                 "database": "ok" if self.database else "fail",
+                "projections": "fail" if self.failed else "ok",
             },
+            "failed_projections": self.failed,
             "projections": None if self.projections is None
             else [s.as_dict() for s in self.projections],
         }
@@ -68,17 +74,31 @@ def readiness() -> Readiness:
     """Check the event store and the database, then read the projections' lag."""
     store = _reachable_store()
     database = _database_reachable()
+    failed = _failed_projections() if database else {}
     if store is None or not database:
-        return Readiness(event_store=store is not None, database=database, projections=None)
+        return Readiness(event_store=store is not None, database=database, projections=None,
+                         failed=failed)
     try:
         statuses = projection_statuses(store, PROJECTIONS, lag_cap=LAG_CAP)
+    except UnreadableEvent as e:  # the store answers; a runner will stop on that event
+        logger.error("readiness: %s", e)
+        return Readiness(event_store=True, database=True, projections=None, failed=failed)
     except EventStoreError as e:  # gone between the two reads
         logger.warning("readiness: event store failed reading the lag: %s", e)
-        return Readiness(event_store=False, database=True, projections=None)
+        return Readiness(event_store=False, database=True, projections=None, failed=failed)
     except DatabaseError as e:
         logger.warning("readiness: database failed reading the checkpoints: %s", e)
         return Readiness(event_store=True, database=False, projections=None)
-    return Readiness(event_store=True, database=True, projections=statuses)
+    return Readiness(event_store=True, database=True, projections=statuses, failed=failed)
+
+
+def _failed_projections() -> dict[str, str]:
+    """Each projection whose runner stopped on an error, with its reason."""
+    try:
+        return dict(Checkpoint.objects.exclude(failure="").values_list("name", "failure"))
+    except DatabaseError as e:
+        logger.warning("readiness: database failed reading the checkpoints: %s", e)
+        return {}
 
 
 def _reachable_store() -> EventStore | None:

@@ -75,6 +75,10 @@ class Checkpoint(models.Model):
     name = models.CharField(max_length=50, primary_key=True)
     position = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+    # Why the projection's last runner stopped on an error (empty: it did not); shown
+    # by projection_status, the overview and /readyz until a runner moves on again.
+    failure = models.TextField(blank=True, default="")
+    failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

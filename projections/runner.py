@@ -16,11 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from payments.events import EVENT_TYPES, EventDecodeError, decode_event
-from payments.eventstore import EventStore, EventStoreUnavailable, RecordedEvent, Subscription
+from payments.events import EVENT_TYPES, decode_recorded
+from payments.eventstore import (
+    EventStore,
+    EventStoreUnavailable,
+    RecordedEvent,
+    Subscription,
+    UnreadableEvent,
+)
 from projections.locks import Lock, holds, single_runner
 from projections.models import Checkpoint
 from projections.projectors import Decoded, Projection, ProjectionError
@@ -56,6 +62,28 @@ def checkpoint_position(name: str) -> int:
     """The position of the last event the projection applied (0: none yet)."""
     checkpoint, _ = Checkpoint.objects.get_or_create(name=name)
     return checkpoint.position
+
+
+def record_failure(name: str, reason: str) -> None:
+    """Say, where status, the overview and /readyz read it, why the runner stopped."""
+    Checkpoint.objects.update_or_create(
+        name=name, defaults={"failure": reason, "failed_at": timezone.now()}
+    )
+
+
+def clear_failure(name: str) -> None:
+    """The projection runs again: its last failure is history."""
+    Checkpoint.objects.filter(name=name, failed_at__isnull=False).update(
+        failure="", failed_at=None
+    )
+
+
+class _ApplyFailed(Exception):
+    """The projection raised while applying a batch (the transaction is rolled back)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        super().__init__(f"{type(error).__name__}: {error}")
 
 
 def reset_projection(projection: Projection) -> None:
@@ -147,8 +175,10 @@ class ProjectionRunner:
             self.progress.start = position
         self.progress.position = position
         self.progress.head = head
-        if once and position >= head:
-            return
+        if position >= head:
+            clear_failure(self.name)  # caught up: nothing it failed on is left
+            if once:
+                return
         logger.info("projection %s: following from position %d", self.name, position)
         with self.store.subscribe(after=position) as subscription:
             self._backoff = FIRST_BACKOFF  # the store answers: a later outage starts over
@@ -171,6 +201,24 @@ class ProjectionRunner:
     def _commit(self, batch: list[RecordedEvent], position: int) -> int:
         """Apply the batch and move the checkpoint in one transaction; the new position.
 
+        Should the projection raise on the batch (a value its database refuses, a bug),
+        the batch is applied again one event per transaction: the events before the
+        culprit are kept, and the runner stops naming the culprit.
+        """
+        try:
+            return self._commit_batch(batch, position)
+        except _ApplyFailed as e:
+            if len(batch) == 1:
+                raise ProjectionError(self.name, batch[0], str(e)) from e.error
+            logger.warning("projection %s: a batch of %d events failed (%s); applying them"
+                           " one by one to find the event", self.name, len(batch), e)
+        for record in batch:
+            position = self._commit([record], position)
+        return position
+
+    def _commit_batch(self, batch: list[RecordedEvent], position: int) -> int:
+        """One transaction: the batch's effect and the checkpoint.
+
         Only the event types the projection handles are decoded (a tolerant reader);
         a type no code knows, or data that does not decode, stops the runner after
         the events before it are committed.
@@ -182,9 +230,9 @@ class ProjectionRunner:
         for record in batch:
             if record.type in self.projection.handles:
                 try:
-                    event = decode_event(record.type, record.data, record.metadata)
-                except EventDecodeError as e:
-                    poison = ProjectionError(self.name, record, str(e))
+                    event = decode_recorded(record)
+                except UnreadableEvent as e:
+                    poison = ProjectionError(self.name, record, e.reason)
                     break
                 decoded.append(Decoded(record, event))
             elif record.type not in EVENT_TYPES:
@@ -196,9 +244,10 @@ class ProjectionRunner:
                 # The checkpoint first: its row lock queues a second writer (PostgreSQL
                 # locks the row; SQLite's IMMEDIATE transactions the whole file) until
                 # this commit, after which it finds the checkpoint moved and writes
-                # nothing, instead of colliding on the read model's rows.
+                # nothing, instead of colliding on the read model's rows. Moving on also
+                # clears a failure that an earlier runner recorded.
                 moved = Checkpoint.objects.filter(name=self.name, position=position).update(
-                    position=last, updated_at=timezone.now()
+                    position=last, updated_at=timezone.now(), failure="", failed_at=None
                 )
                 if moved != 1:
                     raise CheckpointMoved(
@@ -206,7 +255,12 @@ class ProjectionRunner:
                         " is another runner active?"
                     )
                 if decoded:
-                    self.projection.apply(decoded)
+                    try:
+                        self.projection.apply(decoded)
+                    except (ProjectionError, OperationalError, InterfaceError):
+                        raise  # named already, or the database itself is down
+                    except Exception as e:
+                        raise _ApplyFailed(e) from e
                 self._check_lock()
             applied = len(batch) if poison is None else batch.index(poison.record)
             self.progress.applied += applied

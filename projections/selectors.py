@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.db.models import Count, QuerySet, Sum
 
 from payments.domain import PaymentStatus
@@ -19,7 +20,7 @@ from projections.management.commands.projection_status import (
     ProjectionStatus,
     projection_statuses,
 )
-from projections.models import DeclineView, PaymentView
+from projections.models import Checkpoint, DeclineView, PaymentView
 from projections.projectors import PROJECTIONS, DeclineProjection, PaymentProjection
 
 PAGE_SIZE = 25
@@ -28,12 +29,37 @@ REPORT_DAYS = 30  # the report's default window, ending at the latest decline
 REPORT_ROWS = 500
 
 
+LAG_CACHE_SECONDS = 5  # how stale the lag on a page may be
+PAGE_LAG_CAP = 1000  # events counted per lag for a page; more shows as ">1000"
+
+
 def lags(names: list[str] | None = None) -> list[ProjectionStatus] | None:
-    """Each projection's checkpoint, head and lag; None when the store is unreachable."""
-    try:
-        return projection_statuses(get_event_store(), names or list(PROJECTIONS))
-    except EventStoreError:
-        return None
+    """Each projection's checkpoint, head and lag; None when the store cannot be asked.
+
+    Measured at most once per ``LAG_CACHE_SECONDS`` per process and checkpoint (Django's
+    cache), and counted up to ``PAGE_LAG_CAP`` events: a page load does not scan the
+    store, however many people look at the pages while a runner is down.
+    """
+    names = names or list(PROJECTIONS)
+    # Keyed by the checkpoints too: a runner that moves shows at once; a runner that is
+    # down (its checkpoint still) costs one bounded count per interval, not per load.
+    positions = dict(Checkpoint.objects.filter(name__in=names).values_list("name", "position"))
+    key = "projection-lags:" + ",".join(f"{n}@{positions.get(n, 0)}" for n in names)
+    found = cache.get(key)
+    if found is None:
+        try:
+            statuses = projection_statuses(get_event_store(), names, lag_cap=PAGE_LAG_CAP)
+        except EventStoreError:
+            statuses = None
+        found = (statuses,)  # a tuple: "unreachable" is cached too
+        cache.set(key, found, LAG_CACHE_SECONDS)
+    return found[0]
+
+
+def failed_projections() -> list[Checkpoint]:
+    """The projections whose last runner stopped on an error (read from the database:
+    shown even when the event store is down)."""
+    return list(Checkpoint.objects.exclude(failure="").order_by("name"))
 
 
 @dataclass(frozen=True)
@@ -42,6 +68,7 @@ class Overview:
     total: int
     latest: list[PaymentView]
     lags: list[ProjectionStatus] | None
+    failures: list[Checkpoint]
 
 
 def overview() -> Overview:
@@ -53,6 +80,7 @@ def overview() -> Overview:
         total=sum(n for _, n in counts),
         latest=list(PaymentView.objects.order_by("-updated_at", "payment_id")[:LATEST]),
         lags=lags(),
+        failures=failed_projections(),
     )
 
 

@@ -50,3 +50,14 @@ def black_hole() -> Iterator[str]:
         yield f"esdb://127.0.0.1:{listener.getsockname()[1]}?Tls=false"
     finally:
         listener.close()
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """Each test starts with an empty cache: the lag shown on pages (cached for a few
+    seconds) and the API's throttle counters are per test."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

@@ -3,6 +3,7 @@ authentication, and the read-model lists."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -46,8 +47,9 @@ def create(client: APIClient, amount: Any = "100.00", **extra: Any) -> dict[str,
 
 def command(client: APIClient, payment_id: str, action: str, body: dict[str, Any] | None = None,
             **headers: str) -> Any:
-    return client.post(f"/api/payments/{payment_id}/{action}/", body or {}, format="json",
-                       headers=headers)
+    # json.dumps escapes what is not ASCII, as most clients do: a lone surrogate can be sent.
+    return client.post(f"/api/payments/{payment_id}/{action}/", json.dumps(body or {}),
+                       content_type="application/json", headers=headers)
 
 
 def stream_length(payment_id: str) -> int:
@@ -106,7 +108,7 @@ def test_decline(client: APIClient) -> None:
 @pytest.mark.parametrize(
     ("body", "field", "message"),
     [
-        ({"amount": "ten"}, "amount", "is not a number"),
+        ({"amount": "ten"}, "amount", "is not a plain decimal"),
         ({"amount": "-5"}, "amount", "must be greater than 0"),
         ({"amount": "0"}, "amount", "must be greater than 0"),
         ({"amount": "1.001"}, "amount", "at most 2 decimal places"),
@@ -116,6 +118,15 @@ def test_decline(client: APIClient) -> None:
         ({"amount": ["1"]}, "amount", "decimal string"),
         ({}, "amount", "required"),
         ({"amount": "1", "currency": "EURO"}, "currency", "three-letter ISO 4217"),
+        # Issue 10: loose parsing a payments API must refuse.
+        ({"amount": "1e2"}, "amount", "is not a plain decimal"),
+        ({"amount": " 5"}, "amount", "is not a plain decimal"),
+        ({"amount": "1_000"}, "amount", "is not a plain decimal"),
+        ({"amount": "+5"}, "amount", "is not a plain decimal"),
+        ({"amount": 2**70}, "amount", "must be at most 999,999,999,999.99"),
+        ({"amount": "1", "currency": "XYZ"}, "currency", "XYZ is not an ISO 4217 currency code"),
+        ({"amount": "1", "currency": "XTS"}, "currency", "XTS is not an ISO 4217 currency code"),
+        ({"amount": "1", "currency": ""}, "currency", "three-letter ISO 4217"),
         ({"amount": "1", "currency": 978}, "currency", "must be a string"),
         ({"amount": "1", "colour": "red"}, "colour", "unknown field"),
         ({"amount": "1", "expected_version": 0}, "expected_version", "unknown field"),
@@ -147,7 +158,16 @@ def test_a_json_integer_amount_is_exact_and_accepted(client: APIClient) -> None:
         ("decline", {"bank_name": "B", "decline_code": "0-5"}, "decline_code", "1 to 4"),
         ("settle", {"amount": "0.001"}, "amount", "at most 2 decimal places"),
         ("settle", {"ammount": "5"}, "ammount", "unknown field"),
-        ("refund", {"amount": "abc"}, "amount", "is not a number"),
+        ("refund", {"amount": "abc"}, "amount", "is not a plain decimal"),
+        # Issue 10: the text rule. Each of these was stored (and stopped a runner) before.
+        ("authorize", {"bank_name": "Ac\ud800me"}, "bank_name", "lone surrogate (U+D800)"),
+        ("authorize", {"bank_name": "Ac\u0000me"}, "bank_name", "must not contain NUL"),
+        ("authorize", {"bank_name": "Line1\nLine2"}, "bank_name", "one line of text"),
+        ("authorize", {"bank_name": "Acme\tBank"}, "bank_name", "one line of text"),
+        ("authorize", {"bank_name": "\u202eAcme"}, "bank_name", "direction overrides"),
+        ("authorize", {"bank_name": "Ac\u200dme"}, "bank_name", "(found U+200D)"),
+        ("settle", {"bank_name": "Ac\u2028me"}, "bank_name", "one line of text"),
+        ("decline", {"bank_name": "\x85Acme", "decline_code": "05"}, "bank_name", "U+0085"),
     ],
 )
 def test_commands_refuse_bad_input_by_field(
@@ -470,3 +490,34 @@ def test_lists_filter_and_paginate(client: APIClient) -> None:
     assert client.get("/api/declines/", {"date": "1999-01-01"}).json()["count"] == 0
     assert client.get("/api/declines/", {"date": "yesterday"}).status_code == 400
     assert client.get("/api/declines/", {"page_size": 1}).json()["next"]
+
+
+def test_accepted_text_is_stored_nfc_normalised_and_trimmed(client: APIClient) -> None:
+    pid = create(client)["id"]
+    response = command(client, pid, "authorize", {"bank_name": "  Cafe\u0301 Cr\u00e9dit  "})
+    assert response.status_code == 200
+    assert response.json()["bank_name"] == "Caf\u00e9 Cr\u00e9dit"
+    detail = client.get(f"/api/payments/{pid}/").json()
+    assert detail["events"][1]["data"]["bank_name"] == "Caf\u00e9 Cr\u00e9dit"
+
+
+def test_the_bank_name_limit_counts_characters_after_normalisation(client: APIClient) -> None:
+    pid = create(client)["id"]
+    name = "e\u0301" * 100  # 200 code points typed, 100 characters once composed
+    response = command(client, pid, "authorize", {"bank_name": name})
+    assert response.status_code == 200
+    assert response.json()["bank_name"] == "\u00e9" * 100
+
+
+def test_a_payment_takes_at_most_100_settlements(client: APIClient) -> None:
+    """Bounded work: a stream cannot be grown without end with 0.01 settles."""
+    pid = create(client, amount="1000.00")["id"]
+    command(client, pid, "authorize", {"bank_name": "Acme"})
+    for _ in range(100):
+        assert command(client, pid, "settle", {"amount": "0.01"}).status_code == 200
+    refused = command(client, pid, "settle", {"amount": "0.01"})
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        "cannot settle this payment again: it has 100 settlements, the most one payment may"
+        " have; settle what is left in one go")
+    assert stream_length(pid) == 102

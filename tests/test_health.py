@@ -47,7 +47,8 @@ def test_ready_when_the_store_and_the_database_answer(client: Client) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ready"
-    assert body["checks"] == {"event_store": "ok", "database": "ok"}
+    assert body["checks"] == {"event_store": "ok", "database": "ok", "projections": "ok"}
+    assert body["failed_projections"] == {}
     assert {p["name"] for p in body["projections"]} == set(PROJECTIONS)
     for projection in body["projections"]:
         assert (projection["head"], projection["lag"], projection["lag_capped"]) == (0, 0, False)
@@ -95,7 +96,8 @@ def test_store_down_is_a_503_in_json_naming_the_check(client: Client, settings,
     assert response["Content-Type"] == "application/json"  # not the pages' HTML 503
     assert response.json() == {
         "status": "unavailable",
-        "checks": {"event_store": "fail", "database": "ok"},
+        "checks": {"event_store": "fail", "database": "ok", "projections": "ok"},
+        "failed_projections": {},
         "projections": None,
     }
     assert_nothing_sensitive(response.content.decode(), str(tmp_path), "a-file")
@@ -110,7 +112,8 @@ def test_a_store_that_hangs_fails_at_the_probe_deadline(client: Client, settings
     monkeypatch.setattr(health, "STORE_DEADLINE", 0.3)
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"] == {"event_store": "fail", "database": "ok"}
+    assert response.json()["checks"] == {"event_store": "fail", "database": "ok",
+                                         "projections": "ok"}
     assert_nothing_sensitive(response.content.decode(), black_hole.split("//")[1].split("?")[0])
 
 
@@ -144,7 +147,8 @@ def test_database_down_is_a_503_naming_it_in_a_production_process(tmp_path: Path
     assert status == "503"
     assert json.loads(body) == {
         "status": "unavailable",
-        "checks": {"event_store": "ok", "database": "fail"},
+        "checks": {"event_store": "ok", "database": "fail", "projections": "ok"},
+        "failed_projections": {},
         "projections": None,
     }
     assert_nothing_sensitive(body, str(tmp_path), "a-file", "db.sqlite3")

@@ -166,7 +166,7 @@ def test_bad_amount_shows_the_domains_message_next_to_the_field(browser: Client)
         r'id="id_amount_error">(.*?)</ul>', page_of(response)).group(1)
     response = browser.post("/payments/new/", {"amount": "1", "currency": "euro"})
     assert response.status_code == 400
-    assert "is not a three-letter ISO 4217 code" in page_of(response)
+    assert "must be a three-letter ISO 4217 code" in page_of(response)
 
 
 def test_a_refused_command_is_a_409_with_the_message_at_the_top(browser: Client) -> None:
@@ -298,7 +298,7 @@ def test_list_filters_paginates_and_says_when_it_is_behind(browser: Client) -> N
     assert page_of(browser.get("/payments/?bank_name=Nope")).count('class="payment-row"') == 0
     assert page_of(browser.get("/payments/?currency=eur")).count('class="payment-row"') == 3
     bad = page_of(browser.get("/payments/?currency=euros"))
-    assert "is not a three-letter ISO 4217 code" in bad
+    assert "must be a three-letter ISO 4217 code" in bad
 
 
 def test_list_pagination(browser: Client, monkeypatch) -> None:
@@ -354,7 +354,7 @@ def test_declines_report_and_chart(browser: Client) -> None:
     assert re.findall(r'<rect class="bar" data-code="([^"]+)"', filtered) == ["05"]
     assert filtered.count('class="decline-row"') == 1
     bad = page_of(browser.get("/declines/?code=toolong&date_from=2025-03-02&date_to=2025-03-01"))
-    assert "is not 1 to 4 letters or digits" in bad
+    assert "must be 1 to 4 letters or digits" in bad
     assert "the start date is after the end date" in bad
     empty = page_of(browser.get("/declines/?bank=Nobody"))
     assert 'id="declines-chart-empty"' in empty

@@ -459,9 +459,12 @@ class EmbeddedSubscription(Subscription):
         batch = [first]
         while len(batch) < max_count:
             if not self._buffer:
-                self._buffer = self._store.read_all(
-                    after=self._after, category=self._category, limit=self.PAGE
-                )
+                try:
+                    self._buffer = self._store.read_all(
+                        after=self._after, category=self._category, limit=self.PAGE
+                    )
+                except UnreadableEvent:
+                    break  # the events before it first; the next call raises it
                 if not self._buffer:
                     break
                 self._buffer.reverse()

@@ -151,7 +151,10 @@ class Subscription(Closing):
             return []
         batch = [first]
         while len(batch) < max_count:
-            following = self.get(0)
+            try:
+                following = self.get(0)
+            except UnreadableEvent:
+                break  # the events before it first; the next call raises it
             if following is None:
                 break
             batch.append(following)

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from payments.eventstore import EventStore, EventStoreError, get_event_store
+from payments.eventstore import EventStore, EventStoreError, UnreadableEvent, get_event_store
 from projections.locks import is_locked
 from projections.models import Checkpoint
 from projections.projectors import PROJECTIONS
@@ -44,6 +44,19 @@ class ProjectionStatus:
     head: int
     lag: Lag
     runner_active: bool
+    failure: str = ""  # why its last runner stopped on an error; empty: it did not
+    failed_at: datetime | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failure)
+
+    @property
+    def state(self) -> str:
+        """``failed``, ``running`` or ``stopped``: what an operator looks at first."""
+        if self.failed:
+            return "failed"
+        return "running" if self.runner_active else "stopped"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +67,9 @@ class ProjectionStatus:
             "lag": self.lag.events,
             "lag_capped": self.lag.capped,
             "runner_active": self.runner_active,
+            "state": self.state,
+            "failure": self.failure or None,
+            "failed_at": self.failed_at.isoformat() if self.failed_at else None,
         }
 
 
@@ -92,6 +108,8 @@ def projection_statuses(
             head=head,
             lag=lags[position],
             runner_active=is_locked(name),
+            failure=checkpoint.failure if checkpoint else "",
+            failed_at=checkpoint.failed_at if checkpoint else None,
         ))
     return statuses
 
@@ -106,7 +124,7 @@ def format_table(statuses: list[ProjectionStatus]) -> str:
             s.updated_at.isoformat(timespec="seconds") if s.updated_at else "never",
             str(s.head),
             str(s.lag),
-            "active" if s.runner_active else "-",
+            "FAILED" if s.failed else "active" if s.runner_active else "-",
         )
         for s in statuses
     ]
@@ -120,6 +138,10 @@ def format_table(statuses: list[ProjectionStatus]) -> str:
         for row in [header, *rows]
     ]
     notes = [
+        f"FAILED: {s.name} at {s.failed_at.isoformat(timespec='seconds') if s.failed_at else '?'}:"
+        f" {s.failure}"
+        for s in statuses if s.failed
+    ] + [
         f"note: {s.name}'s checkpoint {s.position} is past the head {s.head}"
         " (was the event store replaced?)"
         for s in statuses if s.position > s.head
@@ -145,6 +167,8 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from e
         try:
             statuses = projection_statuses(store, PROJECTIONS)
+        except UnreadableEvent as e:
+            raise CommandError(f"event store: {e}") from e
         except EventStoreError as e:
             raise CommandError(f"event store unavailable: {e}") from e
         if options["json"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -14,9 +15,11 @@ from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from payments.eventstore import EventStoreError, get_event_store
 from projections.projectors import PROJECTIONS, ProjectionError
-from projections.runner import CheckpointMoved, Progress, ProjectionRunner
+from projections.runner import CheckpointMoved, Progress, ProjectionRunner, record_failure
 
 LOG_EVERY_SECONDS = 5.0
+
+logger = logging.getLogger("projections.runner")
 
 
 class Command(BaseCommand):
@@ -78,8 +81,8 @@ def _run_all(
 
         try:
             runner.run(once=once, reset=reset)
-        except (ProjectionError, CheckpointMoved, EventStoreError) as e:
-            failures.append(str(e))
+        except BaseException as e:  # no thread dies while its process looks well
+            failures.append(fail_loudly(runner, e))
             stop.set()
         finally:
             connection.close()
@@ -95,6 +98,26 @@ def _run_all(
         while thread.is_alive():
             thread.join(0.5)  # wake for signals
     return failures
+
+
+def fail_loudly(runner: ProjectionRunner, error: BaseException) -> str:
+    """One log line naming the projection and where it stopped; the reason recorded for
+    status, the overview and /readyz. Returns the reason."""
+    if isinstance(error, ProjectionError | CheckpointMoved):
+        reason = str(error)  # names the projection, and the event's position and type
+    elif isinstance(error, EventStoreError):  # UnreadableEvent names the event
+        reason = f"projection {runner.name!r} stopped: {error}"
+    else:
+        reason = (f"projection {runner.name!r} stopped after position"
+                  f" {runner.progress.position}: {type(error).__name__}: {error}")
+    logger.error("%s", reason, exc_info=None if isinstance(error, EventStoreError | ProjectionError
+                                                           | CheckpointMoved) else error,
+                 extra={"projection": runner.name, "position": runner.progress.position})
+    try:
+        record_failure(runner.name, reason)
+    except Exception as e:  # the database may be what failed
+        logger.error("projection %s: could not record the failure: %s", runner.name, e)
+    return reason
 
 
 def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
