@@ -17,7 +17,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from payments import services
-from payments.domain import Action, AmountExceedsBalance, InvalidInput, TransitionNotAllowed
+from payments.domain import (
+    Action,
+    AmountExceedsBalance,
+    InvalidInput,
+    LimitReached,
+    TransitionNotAllowed,
+)
 from payments.forms import (
     AuthorizeForm,
     CommandForm,
@@ -26,6 +32,7 @@ from payments.forms import (
     RefundForm,
     SettleForm,
 )
+from payments.history import nearest_page, page_links, page_summary
 
 COMMANDS: dict[Action, tuple[type[CommandForm], Any]] = {
     Action.AUTHORIZE: (AuthorizeForm, services.authorize_payment),
@@ -35,7 +42,7 @@ COMMANDS: dict[Action, tuple[type[CommandForm], Any]] = {
 }
 
 # A rule of the payment, a concurrent change or a reused key refused the command.
-REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, services.ConcurrencyConflict,
+REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, LimitReached, services.ConcurrencyConflict,
             services.IdempotencyKeyReused)
 
 
@@ -54,7 +61,11 @@ def _payment_page(
     request: HttpRequest, payment_id: UUID, *, failed: tuple[Action, CommandForm] | None = None,
     refusal: str | None = None, status: int = 200,
 ) -> HttpResponse:
-    """The payment's state, its history and one form per allowed action."""
+    """The payment's state, one page of its history and one form per allowed action.
+
+    ``?events_page=N`` picks the page (from 1, the oldest; none: the newest page, where
+    a command's event appears); a number out of range shows the nearest page.
+    """
     try:
         found = services.find_payment(payment_id=payment_id)
     except services.PaymentNotFound:
@@ -70,8 +81,11 @@ def _payment_page(
     if failed and failed[0] not in payment.allowed_actions:
         # The status moved on: the failed form is not shown, so say why at the top.
         errors.append(f"cannot {failed[0]} a payment that is {payment.status}")
+    page = nearest_page(found.history, request.GET.get("events_page"))
     return render(request, "payments/detail.html", {
-        "payment": payment, "history": found.history, "forms": forms, "errors": errors,
+        "payment": payment, "history": page.object_list, "history_page": page,
+        "history_links": page_links(page), "history_summary": page_summary(page),
+        "forms": forms, "errors": errors,
     }, status=status)
 
 

@@ -17,15 +17,16 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib import admin
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db.models import BigIntegerField, Model, QuerySet, Value
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from payments.domain import PaymentError
 from payments.eventstore import EventStoreError, get_event_store
+from payments.history import nearest_page, page_links, page_summary
 from payments.services import PaymentNotFound, find_payment
 from projections.admin_probes import distinct_values
 from projections.locks import is_locked
@@ -104,6 +105,37 @@ def _unquote(term: str) -> str:
     return term
 
 
+_HISTORY_QUERY_ATTR = "_projections_admin_query"
+
+
+def _history_links(page: Page, query: QueryDict) -> SafeString:
+    """Links to the other pages of the history, keeping the rest of the query."""
+    if page.paginator.num_pages == 1:
+        return SafeString("")
+
+    def link(number: int, label: str, element_id: str = "") -> SafeString:
+        linked = query.copy()
+        linked["events_page"] = str(number)
+        return format_html('<a{} href="?{}">{}</a>',
+                           format_html(' id="{}"', element_id) if element_id else "",
+                           linked.urlencode(), label)
+
+    parts = []
+    if page.has_previous():
+        parts.append(link(page.previous_page_number(), "← older", "event-history-older"))
+    for number in page_links(page):
+        if number == page.number:
+            parts.append(format_html("<strong>{}</strong>", number))
+        elif isinstance(number, int):
+            parts.append(link(number, str(number)))
+        else:
+            parts.append(format_html("{}", number))
+    if page.has_next():
+        parts.append(link(page.next_page_number(), "newer →", "event-history-newer"))
+    return format_html('<p id="event-history-pages">{}</p>',
+                       format_html_join(" ", "{}", ((part,) for part in parts)))
+
+
 def history_url(payment_id: UUID) -> str:
     """The HTML event-history page of a payment (the page arrives with the HTML views)."""
     return f"/payments/{payment_id}/"
@@ -160,9 +192,19 @@ class PaymentViewAdmin(ReadOnlyAdmin):
     def history_link(self, obj: PaymentView) -> SafeString:
         return format_html('<a href="{}">event history</a>', history_url(obj.payment_id))
 
+    def get_object(self, request: HttpRequest, object_id: str,
+                   from_field: str | None = None) -> PaymentView | None:
+        """The row, carrying the request's query for ``event_history``'s page links
+        (a display method sees only the row; the admin instance is shared by threads)."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            setattr(obj, _HISTORY_QUERY_ATTR, request.GET.copy())
+        return obj
+
     @admin.display(description="events")
     def event_history(self, obj: PaymentView) -> SafeString:
-        """The payment's stream as a table: the source of truth beside the read model."""
+        """The payment's stream as a table, a page at a time (``?events_page=N``, newest
+        page first): the source of truth beside the read model."""
         try:
             found = find_payment(payment_id=obj.payment_id)
         except PaymentNotFound:
@@ -177,18 +219,21 @@ class PaymentViewAdmin(ReadOnlyAdmin):
             )
         except (ValueError, PaymentError) as e:  # undecodable bytes, an impossible history
             return format_html("<strong>The stream cannot be read:</strong> {}", str(e))
+        query: QueryDict = getattr(obj, _HISTORY_QUERY_ATTR, None) or QueryDict(mutable=True)
+        page = nearest_page(found.history, query.get("events_page"))
         rows = format_html_join(
             "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             (
                 (entry.version, entry.type, entry.occurred_at.isoformat(), entry.position,
                  json.dumps(entry.data, sort_keys=True))
-                for entry in found.history
+                for entry in page.object_list
             ),
         )
         return format_html(
+            '<p id="event-history-count">{}</p>{}'
             "<table><thead><tr><th>version</th><th>type</th><th>occurred at</th>"
             "<th>position</th><th>data</th></tr></thead><tbody>{}</tbody></table>",
-            rows,
+            page_summary(page), _history_links(page, query), rows,
         )
 
 

@@ -11,17 +11,24 @@ from typing import Any
 
 import django_filters
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from payments import services
 from payments.api.commands import COMMAND_ERRORS, PAYMENT_ID_PARAMETER, error, payment_id_from
-from payments.api.serializers import MONEY, BlankAsNullCharField, PaymentDetailSerializer
+from payments.api.serializers import (
+    MONEY,
+    BlankAsNullCharField,
+    PaymentDetail,
+    PaymentDetailSerializer,
+)
 from payments.domain import InvalidInput, PaymentStatus, parse_currency, parse_decline_code
+from payments.history import API_MAX_PAGE_SIZE, API_PAGE_SIZE, PageParameterError, exact_page
 from projections.models import DeclineView, PaymentView
 
 LIST_ERRORS = {
@@ -135,15 +142,54 @@ class DeclineListApi(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
+EVENTS_PAGE_PARAMETERS = [
+    OpenApiParameter(
+        "events_page", {"type": "integer", "minimum": 1}, OpenApiParameter.QUERY,
+        description="which page of the events, from 1 (the oldest); a page that does not"
+                    " exist is a 400. Follow `events_next` rather than counting.",
+    ),
+    OpenApiParameter(
+        "events_page_size",
+        {"type": "integer", "minimum": 1, "maximum": API_MAX_PAGE_SIZE,
+         "default": API_PAGE_SIZE},
+        OpenApiParameter.QUERY,
+        description=f"events per page, 1 to {API_MAX_PAGE_SIZE}; default {API_PAGE_SIZE}",
+    ),
+]
+
+
 class PaymentDetailApi(APIView):
-    """GET /api/payments/{id}/: the payment folded from its stream, with its events."""
+    """GET /api/payments/{id}/: the payment folded from its stream, with a page of its events.
+
+    The first page is what this endpoint always answered for a payment with up to
+    ``API_PAGE_SIZE`` events: all of them, oldest first; a longer history is paged so
+    an answer stays small however many events a payment has.
+    """
 
     @extend_schema(
-        operation_id="payments_retrieve", summary="A payment and its events",
-        parameters=[PAYMENT_ID_PARAMETER], tags=["payments"],
+        operation_id="payments_retrieve", summary="A payment and its events, a page at a time",
+        description=f"The payment folded from its stream (always current), `events_count`,"
+                    f" and a page of its `events`, oldest first: at most `events_page_size`"
+                    f" ({API_PAGE_SIZE} by default), so a payment with fewer events has them"
+                    f" all on the first page. `events_next` and `events_previous` are the URLs"
+                    f" of the pages either side (null when there is none).",
+        parameters=[PAYMENT_ID_PARAMETER, *EVENTS_PAGE_PARAMETERS], tags=["payments"],
         responses={200: PaymentDetailSerializer,
-                   **{code: COMMAND_ERRORS[code] for code in (401, 404, 503)}},
+                   **{code: COMMAND_ERRORS[code] for code in (400, 401, 404, 503)}},
     )
     def get(self, request: Request, payment_id: str) -> Response:
         found = services.find_payment(payment_id=payment_id_from(payment_id))
-        return Response(PaymentDetailSerializer(found).data)
+        try:
+            page = exact_page(found.history, request.query_params.get("events_page"),
+                              request.query_params.get("events_page_size"))
+        except PageParameterError as e:
+            raise serializers.ValidationError({f"events_{e.parameter}": [e.message]}) from None
+        url = request.build_absolute_uri()
+        detail = PaymentDetail(
+            payment=found.payment, events=page,
+            next_url=(replace_query_param(url, "events_page", page.next_page_number())
+                      if page.has_next() else None),
+            previous_url=(replace_query_param(url, "events_page", page.previous_page_number())
+                          if page.has_previous() else None),
+        )
+        return Response(PaymentDetailSerializer(detail).data)

@@ -7,9 +7,11 @@ is a 400 with the domain's own message; nothing in this module decides a rule.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.core.paginator import Page
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -23,7 +25,8 @@ from payments.domain import (
     parse_currency,
     parse_decline_code,
 )
-from payments.services import PaymentWithHistory
+from payments.history import API_PAGE_SIZE
+from payments.services import HistoryEntry, PaymentWithHistory
 
 MONEY = {"max_digits": 14, "decimal_places": 2}
 
@@ -54,9 +57,10 @@ class DomainField(serializers.Field):
 
 
 @extend_schema_field(
-    {"type": "string", "pattern": r"^\s*[0-9]{1,12}(\.[0-9]{1,2})?\s*$", "example": "100.00",
-     "description": "a decimal string above 0, at most 2 places and 12 integer digits;"
-                    " a JSON number with a fraction (a float) is refused"}
+    {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,2})?$", "example": "100.00",
+     "description": "a plain decimal string above 0 (no sign, exponent, spaces or"
+                    " separators), at most 2 places and 12 integer digits; a JSON integer is"
+                    " exact and accepted, a number with a fraction (a float) is refused"}
 )
 class AmountField(DomainField):
     """Money as a decimal string; a JSON integer is exact and accepted, a float is not."""
@@ -73,7 +77,8 @@ class AmountField(DomainField):
             self.fail("not_a_string")
 
 
-@extend_schema_field({"type": "string", "pattern": "^[A-Za-z]{3}$", "example": "EUR"})
+@extend_schema_field({"type": "string", "pattern": "^[A-Za-z]{3}$", "example": "EUR",
+                      "description": "an ISO 4217 currency code"})
 class CurrencyField(DomainField):
     """An ISO 4217 code; the domain upper-cases it."""
 
@@ -149,15 +154,36 @@ def payment_json(payment: Payment) -> dict[str, Any]:
     }
 
 
+def event_json(entry: HistoryEntry) -> dict[str, Any]:
+    """One stored event as the detail and ``manage.py api -a find --json`` show it."""
+    return {"type": entry.type, "data": entry.data, "version": entry.version,
+            "position": entry.position, "occurred_at": _timestamp(entry.occurred_at)}
+
+
 def history_json(found: PaymentWithHistory) -> dict[str, Any]:
-    """The payment and the events it was folded from, oldest first."""
+    """The payment and every event it was folded from, oldest first (the CLI's ``find``:
+    its user asked for the whole history; the API answers a page, ``detail_json``)."""
+    return {**payment_json(found.payment), "events": [event_json(e) for e in found.history]}
+
+
+@dataclass(frozen=True)
+class PaymentDetail:
+    """A payment, one page of its events and the URLs of the pages either side."""
+
+    payment: Payment
+    events: Page
+    next_url: str | None
+    previous_url: str | None
+
+
+def detail_json(detail: PaymentDetail) -> dict[str, Any]:
+    """The API detail: the payment, the number of its events and one page of them."""
     return {
-        **payment_json(found.payment),
-        "events": [
-            {"type": entry.type, "data": entry.data, "version": entry.version,
-             "position": entry.position, "occurred_at": _timestamp(entry.occurred_at)}
-            for entry in found.history
-        ],
+        **payment_json(detail.payment),
+        "events_count": detail.events.paginator.count,
+        "events_next": detail.next_url,
+        "events_previous": detail.previous_url,
+        "events": [event_json(e) for e in detail.events.object_list],
     }
 
 
@@ -195,12 +221,19 @@ class PaymentEventSerializer(serializers.Serializer):
 
 
 class PaymentDetailSerializer(PaymentSerializer):
-    """A payment folded from its stream, with the events it was folded from."""
+    """A payment folded from its stream, with one page of the events it was folded from."""
 
-    events = PaymentEventSerializer(many=True)
+    events_count = serializers.IntegerField(help_text="how many events the payment has")
+    events_next = serializers.URLField(
+        allow_null=True, help_text="the next (newer) page of events; null on the last page")
+    events_previous = serializers.URLField(
+        allow_null=True, help_text="the previous (older) page of events; null on the first")
+    events = PaymentEventSerializer(
+        many=True, help_text=f"one page of the payment's events, oldest first: all of them"
+                             f" when they fit on one page ({API_PAGE_SIZE} by default)")
 
-    def to_representation(self, instance: PaymentWithHistory) -> dict[str, Any]:
-        return history_json(instance)
+    def to_representation(self, instance: PaymentDetail) -> dict[str, Any]:
+        return detail_json(instance)
 
 
 class BlankAsNullCharField(serializers.CharField):
