@@ -1,0 +1,123 @@
+"""An event log written before the text rule still projects and renders.
+
+``fixtures/poisoned_events.jsonl`` holds events as an earlier version (or another
+program) stored them: bank names with a lone surrogate, NUL, a newline and a tab, bidi
+overrides, a zero-width space, NEL and a line separator, a decomposed accent. Loaded
+into the store as they are, they decode through the contract's read-time step
+(each forbidden character becomes U+FFFD, then NFC), project into the read models on
+SQLite and on PostgreSQL (where NUL used to kill both runners), and every page, admin
+view and API endpoint that shows them answers 200. The fixture must keep decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.test import Client
+
+from payments import text
+from payments.eventstore import NewEvent, StreamState, get_event_store
+from payments.services import find_payment
+from projections.models import Checkpoint, DeclineView, PaymentView
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "poisoned_events.jsonl"
+P1, P2, P3, P4 = (UUID(f"6f1c1e0a-1b8e-4a59-9a0e-0d7c2f6a1c0{n}") for n in range(1, 5))
+R = text.REPLACEMENT
+
+EXPECTED_PAYMENTS = {
+    P1: ("settled", Decimal("100.00"), "EUR", Decimal("100.00"), f"Ac{R}me", ""),
+    P2: ("declined", Decimal("50.00"), "USD", Decimal("0.00"), f"Ac{R}me", "05"),
+    P3: ("declined", Decimal("10.00"), "EUR", Decimal("0.00"), f"{R}knaB liveE{R}", "N7"),
+    P4: ("authorized", Decimal("20.00"), "GBP", Decimal("0.00"),
+         f"Caf\u00e9 Cr\u00e9dit {R}{R}{R}", ""),
+}
+EXPECTED_DECLINES = {
+    ("05", f"Ac{R}me", date(2026, 10, 3), 1),
+    ("N7", f"{R}knaB liveE{R}", date(2026, 10, 5), 1),
+}
+
+
+def load_fixture() -> None:
+    """Append the fixture's events byte for byte, as they were once stored."""
+    store = get_event_store()
+    versions: dict[str, int] = {}
+    for line in FIXTURE.read_text().splitlines():
+        stored = json.loads(line)
+        stream = stored["stream"]
+        expected = versions.get(stream, StreamState.NO_STREAM)
+        store.append(stream, [NewEvent(type=stored["type"], data=stored["data"].encode(),
+                                       metadata=stored["metadata"].encode(),
+                                       id=UUID(stored["id"]))], expected)
+        versions[stream] = versions.get(stream, -1) + 1
+
+
+@pytest.fixture
+def admin(db) -> Client:
+    user = get_user_model().objects.create_superuser("auditor", password="pw-auditor-1")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_fixture_really_holds_what_the_rule_now_refuses() -> None:
+    """Guard against a fixture "cleaned" by an editor: the poison must be in the file."""
+    raw = FIXTURE.read_text()
+    for escaped in (r"\\ud800", r"\\u0000", r"\\n", r"\\t", r"\\u202e", r"\\u200b",
+                    r"\\u0085", r"\\u2028", r"Cafe\\u0301"):
+        assert escaped in raw, escaped
+
+
+def test_a_poisoned_log_projects_and_renders_everywhere(admin: Client) -> None:
+    load_fixture()
+    call_command("run_projection", "all", "--once")
+
+    head = get_event_store().head_position()
+    assert dict(Checkpoint.objects.values_list("name", "position")) == \
+        {"payment": head, "decline": head}
+    assert not Checkpoint.objects.exclude(failure="").exists()
+    rows = {
+        row[0]: row[1:] for row in PaymentView.objects.values_list(
+            "payment_id", "status", "amount", "currency", "settled_amount", "bank_name",
+            "decline_code")
+    }
+    assert rows == EXPECTED_PAYMENTS
+    assert set(DeclineView.objects.values_list("decline_code", "bank_name", "date",
+                                               "count")) == EXPECTED_DECLINES
+    # The write side folds the same state: commands on these payments still work.
+    assert find_payment(payment_id=P4).payment.bank_name == EXPECTED_PAYMENTS[P4][4]
+
+    pages = ["/", "/payments/", "/declines/", "/api/payments/", "/api/declines/",
+             "/admin/projections/paymentview/", "/admin/projections/declineview/",
+             "/admin/projections/checkpoint/"]
+    for payment_id in EXPECTED_PAYMENTS:
+        pages += [f"/payments/{payment_id}/", f"/api/payments/{payment_id}/",
+                  f"/admin/projections/paymentview/{payment_id}/change/"]
+    for path in pages:
+        response = admin.get(path)
+        assert response.status_code == 200, path
+        body = response.content.decode()
+        for forbidden in ("\x00", "\u202e", "\u2028", "\x85"):
+            assert forbidden not in body, (path, forbidden)
+    detail = admin.get(f"/api/payments/{P3}/").json()
+    assert [e["data"].get("bank_name") for e in detail["events"]] == \
+        [None, f"Line1{R}Line2{R}End", f"{R}knaB liveE{R}"]
+    out = admin.get(f"/payments/{P1}/").content.decode()
+    assert f"Ac{R}me" in out
+
+
+def test_the_cli_prints_one_line_per_field_for_a_poisoned_payment(capsys) -> None:
+    load_fixture()
+    call_command("api", "-a", "find", "-i", str(P3))
+    lines = capsys.readouterr().out.splitlines()
+    assert f"bank_name: {R}knaB liveE{R}" in lines
+    assert [line.split(" ")[3] for line in lines if line.startswith("event:")] == \
+        ["PaymentCreated", "PaymentAuthorized", "PaymentDeclined"]
