@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 from uuid import uuid4
@@ -14,6 +15,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from payments.eventstore import get_event_store
+from payments.services import find_payment
 
 pytestmark = pytest.mark.django_db(databases=[])
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,3 +195,71 @@ def test_with_eventstore_uri_the_same_commands_write_to_eventstoredb(tmp_path: P
         assert down.returncode == 1
         assert "unavailable" in down.stderr
         assert len(down.stderr.strip().splitlines()) == 1
+
+
+def test_hostile_arguments_from_a_shell_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Issue 10: bytes that are not UTF-8 (Python reads them as lone surrogates), a
+    newline, a bad EVENTSTORE_URI: one line on stderr, exit 1, nothing appended."""
+    payment_id = run_manage("api", "-a", "create", "-v", "10.00", tmp_path=tmp_path).stdout.strip()
+    for bank in (b"Bank\xff", b"Line1\nLine2", "\u202eknaB".encode()):
+        refused = subprocess.run(
+            [os.fsencode(sys.executable), b"manage.py", b"api", b"-a", b"authorize", b"-i",
+             payment_id.encode(), b"-b", bank], cwd=ROOT, capture_output=True, timeout=60,
+            env={**os.environ, "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'cli-events.sqlite3'}",
+                 "DATABASE_URL": f"sqlite:///{tmp_path / 'cli-db.sqlite3'}"},
+        )
+        assert refused.returncode == 1, bank
+        assert refused.stdout == b""
+        assert refused.stderr.startswith(b"CommandError: -b/--bank-name: ")
+        assert refused.stderr.count(b"\n") == 1, refused.stderr
+    found = run_manage("api", "-a", "find", "-i", payment_id, tmp_path=tmp_path)
+    assert found.stdout.count("event: ") == 1  # nothing was appended
+
+    bogus = subprocess.run(
+        [sys.executable, "manage.py", "api", "-a", "find", "-i", payment_id], cwd=ROOT,
+        env={**os.environ, "EVENTSTORE_URI": "bogus://x"}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert bogus.returncode == 1
+    assert bogus.stderr == ("CommandError: EVENTSTORE_URI bogus://… is not supported: use"
+                            " sqlite:///path or esdb://host:port\n")
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``manage.py api -a find … | head -1``: no BrokenPipeError, no traceback."""
+    env = {**os.environ, "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'cli-events.sqlite3'}",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli-db.sqlite3'}"}
+    created = run_manage("api", "-a", "create", "-v", "1000.00", tmp_path=tmp_path)
+    payment_id = created.stdout.strip()
+    run_manage("api", "-a", "authorize", "-i", payment_id, "-b", "Acme", tmp_path=tmp_path)
+    for _ in range(3):
+        run_manage("api", "-a", "settle", "-i", payment_id, "-v", "1.00", tmp_path=tmp_path)
+    # The reader closes its end before the command writes: the write meets a closed pipe
+    # every time (head -1 only sometimes closes early enough).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        finished = subprocess.run(
+            [sys.executable, "manage.py", "api", "-a", "find", "-i", payment_id, "--json"],
+            cwd=ROOT, env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert finished.stderr == ""
+    assert finished.returncode == 1  # as Python advises: the answer was not delivered
+
+
+@pytest.mark.django_db
+def test_cli_idempotency_keys_cannot_collide_with_an_api_users_keys() -> None:
+    """The service sees "<user pk>:<key>" from the API; the CLI's keys are "cli:<key>"."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    user = get_user_model().objects.create_user("api-user", password="pw-api-user-1")
+    client = APIClient()
+    client.force_authenticate(user)
+    via_api = client.post("/api/payments/", {"amount": "5.00"}, format="json",
+                          headers={"Idempotency-Key": "shared-key"})
+    assert via_api.status_code == 201
+    via_cli = api("-a", "create", "-v", "7.00", "--idempotency-key", f"{user.pk}:shared-key")
+    assert via_cli.strip() != via_api.json()["id"]
+    assert find_payment(payment_id=via_cli.strip()).payment.amount == Decimal("7.00")

@@ -79,14 +79,15 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print JSON")
 
     def execute(self, *args: Any, **options: Any) -> str | None:
-        """A reader that went away (``| head -1``) ends the command quietly, as for cat."""
+        """A reader that went away (``| head -1``) ends the command quietly, no traceback."""
         try:
             return super().execute(*args, **options)
         except BrokenPipeError:
-            # Point stdout at /dev/null so the interpreter's last flush cannot fail too.
+            # Point stdout at /dev/null so the interpreter's last flush cannot fail too,
+            # and exit 1 without a word, as Python's documentation advises on EPIPE.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            return None
+            raise SystemExit(1) from None
 
     def handle(self, *args: Any, **options: Any) -> None:
         with _service_log_quiet(settings.LOG_LEVEL is None):
