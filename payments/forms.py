@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django import forms
 from django.conf import settings
+from django.core.validators import ProhibitNullCharactersValidator
 
 from payments.domain import (
     InvalidInput,
@@ -37,9 +38,14 @@ def _text(label: str, *, required: bool, **attrs: str) -> forms.CharField:
     widget_attrs: dict[str, Any] = {"autocomplete": "off", **attrs}
     if required:
         widget_attrs["required"] = True
-    return forms.CharField(
+    field = forms.CharField(
         label=label, required=False, strip=False, widget=forms.TextInput(attrs=widget_attrs)
     )
+    # Django's own NUL check would answer first, in other words than the API and the CLI:
+    # the domain's text rule refuses NUL with the same message everywhere.
+    field.validators = [v for v in field.validators
+                        if not isinstance(v, ProhibitNullCharactersValidator)]
+    return field
 
 
 class CommandForm(forms.Form):

@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from payments import services
-from payments.eventstore import reset_event_store
+from payments.eventstore import get_event_store, reset_event_store
 from projections.charts import bar_chart
 from projections.models import DeclineView
 
@@ -397,3 +397,52 @@ def test_production_settings_pass_check_deploy() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("bank_name", "Ac\x00me", "must not contain NUL"),
+    ("bank_name", "Line1\r\nLine2", "one line of text"),
+    ("bank_name", "\u202eknaB", "direction overrides"),
+])
+def test_the_forms_refuse_text_the_rule_forbids_and_append_nothing(
+        browser: Client, field: str, value: str, message: str) -> None:
+    payment_id = create(browser)
+    response = browser.post(f"/payments/{payment_id}/authorize/", {field: value})
+    assert response.status_code == 400
+    errors = re.search(r'id="authorize-bank_name_error">(.*?)</ul>', page_of(response)).group(1)
+    assert message in errors
+    assert services.find_payment(payment_id=payment_id).payment.version == 0
+
+
+@pytest.mark.parametrize("amount", ["1e2", "1_000", "+5", " 5", "abc", "0.10000000000000000001"])
+def test_the_create_form_parses_amounts_as_strictly_as_the_api(browser: Client,
+                                                                amount: str) -> None:
+    response = browser.post("/payments/new/", {"amount": amount, "currency": "EUR"})
+    assert response.status_code == 400
+    assert re.search(r'id="id_amount_error">(.*?)</ul>', page_of(response))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_page_loads_do_not_scan_the_store_for_the_lag(browser: Client, monkeypatch) -> None:
+    """Issue 10: every load of /, /payments/ and /declines/ used to count the lag by
+    reading up to 100,000 events. Now: one bounded count per interval and checkpoint."""
+    for n in range(3):
+        create(browser, f"{n + 1}.00")
+    store = get_event_store()
+    reads: list[int | None] = []
+    read_all = store.read_all
+
+    def counting_read_all(**kwargs):
+        reads.append(kwargs.get("limit"))
+        return read_all(**kwargs)
+
+    monkeypatch.setattr(store, "read_all", counting_read_all)
+    for _ in range(5):
+        for path in ("/", "/payments/", "/declines/"):
+            assert browser.get(path).status_code == 200
+    assert len(reads) == 3  # once per set of projections a page asks: all, payment, decline
+    assert set(reads) == {1001}  # never more than the page's cap (+1 to tell "more")
+    # A runner that moves on shows at once (a new checkpoint, a new count).
+    monkeypatch.undo()
+    call_command("run_projection", "all", "--once")
+    assert 'data-lag="0"' in page_of(browser.get("/payments/"))
