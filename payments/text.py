@@ -38,6 +38,8 @@ def describe(ch: str) -> str:
     if ch == "\x00":
         return f"must not contain NUL ({code})"
     category = unicodedata.category(ch)
+    if 0xDC80 <= ord(ch) <= 0xDCFF:  # how Python reads a byte of a command line not UTF-8
+        return f"is not valid UTF-8 text (it holds the byte 0x{ord(ch) - 0xDC00:02X})"
     if category == "Cs":
         return f"is not valid Unicode text: it holds a lone surrogate ({code})"
     if category in ("Cc", "Zl", "Zp"):

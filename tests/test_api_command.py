@@ -85,7 +85,8 @@ BAD_INPUTS = [
     (["-a", "authorize", "-i", "{id}"], "authorize needs -b/--bank-name"),
     (["-a", "authorize", "-i", "{id}", "-b", "  "], "-b/--bank-name: must not be empty"),
     (["-a", "authorize", "-i", "{id}", "-b", "Line1\nLine2"], "one line of text without control"),
-    (["-a", "authorize", "-i", "{id}", "-b", "Bank\udcff"], "lone surrogate"),
+    (["-a", "authorize", "-i", "{id}", "-b", "Bank\udcff"], r"not valid UTF-8 text \(it holds the"
+                                                               r" byte 0xFF\)"),
     (["-a", "authorize", "-i", "{id}", "-b", "\u202eknaB"], "direction overrides"),
     (["-a", "decline", "-i", "{id}", "-b", "B", "-c", "12345"], "1 to 4 letters or digits"),
     (["-a", "decline", "-i", "{id}", "-b", "B", "-c", "0;5"], "1 to 4 letters or digits"),
