@@ -66,9 +66,9 @@ def checkpoint_position(name: str) -> int:
 
 def record_failure(name: str, reason: str) -> None:
     """Say, where status, the overview and /readyz read it, why the runner stopped."""
-    Checkpoint.objects.update_or_create(
-        name=name, defaults={"failure": reason, "failed_at": timezone.now()}
-    )
+    # update(), not save(): updated_at says when the checkpoint last moved, and it did not.
+    if not Checkpoint.objects.filter(name=name).update(failure=reason, failed_at=timezone.now()):
+        Checkpoint.objects.create(name=name, failure=reason, failed_at=timezone.now())
 
 
 def clear_failure(name: str) -> None:
