@@ -221,7 +221,8 @@ def decode_document(type_name: str, data: bytes, metadata: bytes = b"") -> Docum
         raise EventDecodeError(f"bad {type_name} data: not JSON ({e})") from None
     if not isinstance(document, dict):
         raise EventDecodeError(f"bad {type_name} data: not a JSON object")
-    document = upcast(type_name, version, document)
+    if type(version) is not int or version != SCHEMA_VERSION:  # the usual case: no call
+        document = upcast(type_name, version, document)
     # Our own writes are ASCII with no escapes (json.dumps escapes all else), so they
     # can hold no character the rule forbids: the repair walks only the others.
     if not data.isascii() or b"\\" in data or b"\x7f" in data:
