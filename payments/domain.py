@@ -38,7 +38,7 @@ MAX_BANK_NAME_LENGTH = 100
 # keeps every stream short enough to read and fold on each command (DECISIONS.md).
 MAX_SETTLEMENTS = 100
 MAX_REFUNDS = 100
-_CURRENCY = re.compile(r"[A-Z]{3}")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
 _DECLINE_CODE = re.compile(r"[A-Za-z0-9]{1,4}")
 
 
@@ -179,9 +179,10 @@ def parse_amount(value: str | Decimal | int, field: str = "amount") -> Decimal:
 
 def parse_currency(value: str) -> str:
     """An ISO 4217 currency code from the real list (``EUR``, ``usd``), upper-cased."""
-    code = value.strip().upper() if isinstance(value, str) else ""
-    if not _CURRENCY.fullmatch(code):
+    code = value.strip() if isinstance(value, str) else ""
+    if not _CURRENCY.fullmatch(code):  # before upper(): "\u017fek".upper() is "SEK"
         raise InvalidInput("currency", "must be a three-letter ISO 4217 code such as EUR")
+    code = code.upper()
     if code not in CURRENCIES:
         raise InvalidInput("currency", f"{code} is not an ISO 4217 currency code")
     return code

@@ -5,6 +5,7 @@ models in `var/db.sqlite3` and the embedded event store in `var/events.sqlite3`.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -32,6 +33,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    # Failed logins counted per username and address; lock-out after AXES_FAILURE_LIMIT.
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -42,13 +45,18 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # JSON errors under /api/, the site's 404/405 pages elsewhere, also with DEBUG on.
+    "paymentsite.errors.ErrorPagesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    # Django's, but APPEND_SLASH never redirects a POST (it would become a GET).
+    "paymentsite.errors.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "payments.middleware.EventStoreUnavailableMiddleware",
+    # django-axes: last, as its documentation asks; answers a locked-out login.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "paymentsite.urls"
@@ -125,6 +133,23 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "projections:overview"
 LOGOUT_REDIRECT_URL = "login"
 
+# Login attempts (django-axes) on every login form: the site's, the admin's and DRF's.
+# After AXES_FAILURE_LIMIT wrong passwords for one username from one address, that pair
+# cannot log in for AXES_COOLOFF_MINUTES (a 429 page, paymentsite.errors); other
+# addresses and users are not affected. `manage.py axes_reset` unlocks everyone.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out pair
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+_axes_cooloff_minutes = env.int("AXES_COOLOFF_MINUTES", default=15)
+if AXES_FAILURE_LIMIT < 1 or _axes_cooloff_minutes < 1:
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must be 1 or more")
+AXES_COOLOFF_TIME = timedelta(minutes=_axes_cooloff_minutes)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a login that works forgets the earlier typos
+AXES_LOCKOUT_CALLABLE = "paymentsite.errors.login_locked_out"
+
 # Production (DEBUG off) is HTTPS only. Behind a TLS-terminating proxy, set
 # SECURE_PROXY_SSL_HEADER_NAME (e.g. HTTP_X_FORWARDED_PROTO) so Django sees https, or
 # SECURE_SSL_REDIRECT=false if the proxy redirects plain HTTP itself.
@@ -142,6 +167,24 @@ if env.str("SECURE_PROXY_SSL_HEADER_NAME", default=""):
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+
+def _throttle_rate(name: str, default: str) -> str | None:
+    """A DRF rate such as "600/min" from the environment; "off" means no limit.
+
+    Checked here so that a typo stops the start-up instead of every request.
+    """
+    value = env.str(name, default=default).strip()
+    if value.lower() == "off":
+        return None
+    number, _, period = value.partition("/")
+    if not (number.isdigit() and int(number) > 0
+            and period in ("s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day")):
+        raise ImproperlyConfigured(
+            f"{name} must be a rate such as 600/min (per s, min, hour or day) or off,"
+            f" not {value!r}")
+    return value
+
+
 # The REST API (payments/api): JSON only, never anonymous. Token first, so that an
 # anonymous caller gets 401 with `WWW-Authenticate: Token` rather than a bare 403.
 REST_FRAMEWORK = {
@@ -150,11 +193,23 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON parser, bounded: a body over 64 KiB is a 413, nesting deeper than 32 a 400.
+    "DEFAULT_PARSER_CLASSES": ["payments.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "payments.api.errors.exception_handler",
+    # Requests per user (and per address for anonymous callers): a JSON 429 with
+    # Retry-After beyond the rate. Counted in Django's cache, so per process with the
+    # default local-memory cache.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": _throttle_rate("API_THROTTLE_USER", "6000/min"),
+        "anon": _throttle_rate("API_THROTTLE_ANON", "60/min"),
+    },
 }
 
 SPECTACULAR_SETTINGS = {

@@ -1,4 +1,5 @@
-"""URL configuration: the HTML pages, Django's login, the admin, the REST API, probes."""
+"""URL configuration: the HTML pages, Django's login, the admin, the REST API, probes,
+and the error handlers."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -21,3 +22,9 @@ urlpatterns = [
     # DRF's login page, for the session that the browsable docs at /api/docs/ need.
     path("api/auth/", include("rest_framework.urls")),
 ]
+
+# Errors answer JSON under /api/ and the site's pages elsewhere (paymentsite/errors.py).
+handler400 = "paymentsite.errors.bad_request"
+handler403 = "paymentsite.errors.permission_denied"
+handler404 = "paymentsite.errors.page_not_found"
+handler500 = "paymentsite.errors.server_error"

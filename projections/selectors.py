@@ -93,6 +93,11 @@ class Page:
     lag: ProjectionStatus | None  # None: the store is unreachable
 
 
+# The list pages by offset: beyond this many pages (250,000 rows) the database would
+# skip rows for nothing and a number can overflow SQL's 64-bit OFFSET; narrow the filters.
+MAX_PAGE = 10_000
+
+
 def _page(queryset: QuerySet, number: int) -> tuple[list[Any], bool]:
     """One page and whether another follows, without counting the whole table."""
     start = (number - 1) * PAGE_SIZE
@@ -101,7 +106,13 @@ def _page(queryset: QuerySet, number: int) -> tuple[list[Any], bool]:
 
 
 def payments_page(filters: dict[str, Any], number: int) -> Page:
-    """PaymentView rows matching the (already validated) filters, newest change first."""
+    """PaymentView rows matching the (already validated) filters, newest change first.
+
+    ``number`` is from 1 to ``MAX_PAGE`` (the view refuses others with a 400); a page
+    past the last row is simply empty.
+    """
+    if not 1 <= number <= MAX_PAGE:
+        raise ValueError(f"page {number} is not from 1 to {MAX_PAGE}")
     queryset = PaymentView.objects.filter(
         **{k: v for k, v in filters.items() if v not in (None, "")}
     ).order_by("-updated_at", "payment_id")
@@ -124,9 +135,28 @@ class DeclineReport:
     lag: ProjectionStatus | None
 
 
+MAX_REPORT_DAYS = 366  # the longest window: a year of daily bars is already a dense chart
+
+
+def _shifted(day: date, days: int) -> date:
+    """``day`` moved by ``days``, kept inside the calendar (date.min to date.max)."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
 def declines_report(*, code: str | None, bank: str | None, date_from: date | None,
                     date_to: date | None) -> DeclineReport:
-    """DeclineView by code, bank and day; without dates, the last 30 days with declines."""
+    """DeclineView by code, bank and day; without dates, the last 30 days with declines.
+
+    With only ``date_from``, up to the latest decline but at most ``MAX_REPORT_DAYS``;
+    with only ``date_to``, the 30 days that end there. Both given may span at most
+    ``MAX_REPORT_DAYS`` (the view says so to the user; here it is a ValueError).
+    """
+    if date_from is not None and date_to is not None and (
+            (date_to - date_from).days >= MAX_REPORT_DAYS):
+        raise ValueError(f"a report spans at most {MAX_REPORT_DAYS} days")
     queryset = DeclineView.objects.all()
     if code:
         queryset = queryset.filter(decline_code=code)
@@ -134,9 +164,13 @@ def declines_report(*, code: str | None, bank: str | None, date_from: date | Non
         queryset = queryset.filter(bank_name=bank)
     if date_to is None:
         latest = queryset.order_by("-date").values_list("date", flat=True).first()
-        date_to = latest if date_from is None else max(latest or date_from, date_from)
+        if date_from is None:
+            date_to = latest
+        else:
+            date_to = min(max(latest or date_from, date_from),
+                          _shifted(date_from, MAX_REPORT_DAYS - 1))
     if date_from is None and date_to is not None:
-        date_from = date_to - timedelta(days=REPORT_DAYS - 1)
+        date_from = _shifted(date_to, -(REPORT_DAYS - 1))
     if date_from is not None:
         queryset = queryset.filter(date__gte=date_from)
     if date_to is not None:

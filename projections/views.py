@@ -1,7 +1,9 @@
 """The read-side pages: the overview, the payment list and the decline report.
 
 Each view validates its filters with a small form (through the domain's rules) and
-calls one query function of ``projections.selectors``.
+calls one query function of ``projections.selectors``. A filter that fails is shown
+beside its field and the page answers 400 (the other filters still apply); a page
+number out of range is a 400 page that says which numbers there are.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from payments.domain import InvalidInput, PaymentStatus, parse_currency, parse_decline_code
+from payments.domain import (
+    InvalidInput,
+    PaymentStatus,
+    parse_bank_name,
+    parse_currency,
+    parse_decline_code,
+)
 from projections import selectors
 from projections.charts import bar_chart
 
-MAX_REPORT_DAYS = 366
+MAX_REPORT_DAYS = selectors.MAX_REPORT_DAYS
+# No card payment predates it; and the report's windows stay far from date.min.
+EARLIEST_DATE = date(1970, 1, 1)
 
 
 def _normalised(parse: Any, value: str) -> str:
@@ -37,7 +47,17 @@ class PaymentFilterForm(forms.Form):
         ("", "any status"), *[(s.value, s.value.replace("_", " ")) for s in PaymentStatus]])
     bank_name = forms.CharField(required=False, label="Bank")
     currency = forms.CharField(required=False, widget=forms.TextInput(attrs={"size": "4"}))
-    page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    page = forms.IntegerField(
+        required=False, min_value=1, max_value=selectors.MAX_PAGE, widget=forms.HiddenInput,
+        error_messages={
+            "invalid": f"the page must be a whole number from 1 to {selectors.MAX_PAGE:,}",
+            "min_value": f"the page must be a whole number from 1 to {selectors.MAX_PAGE:,}",
+            "max_value": f"the page must be a whole number from 1 to {selectors.MAX_PAGE:,};"
+                         " narrow the filters to reach older payments",
+        })
+
+    def clean_bank_name(self) -> str:
+        return _normalised(parse_bank_name, self.cleaned_data["bank_name"])
 
     def clean_currency(self) -> str:
         return _normalised(parse_currency, self.cleaned_data["currency"])
@@ -54,6 +74,21 @@ class DeclineFilterForm(forms.Form):
 
     def clean_code(self) -> str:
         return _normalised(parse_decline_code, self.cleaned_data["code"])
+
+    def clean_bank(self) -> str:
+        return _normalised(parse_bank_name, self.cleaned_data["bank"])
+
+    def _in_range(self, name: str) -> date | None:
+        day: date | None = self.cleaned_data.get(name)
+        if day is not None and day < EARLIEST_DATE:
+            raise forms.ValidationError(f"enter a date from {EARLIEST_DATE:%Y-%m-%d} on")
+        return day
+
+    def clean_date_from(self) -> date | None:
+        return self._in_range("date_from")
+
+    def clean_date_to(self) -> date | None:
+        return self._in_range("date_to")
 
     def clean(self) -> dict[str, Any]:
         """A range that runs forwards and keeps the chart readable."""
@@ -80,18 +115,29 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "projections/overview.html", {"overview": selectors.overview()})
 
 
+def _status(form: forms.Form) -> int:
+    """400 when a filter was refused (the page still shows, with the message), else 200."""
+    return 400 if form.errors else 200
+
+
 @login_required
 @require_GET
 def payment_list(request: HttpRequest) -> HttpResponse:
     """GET /payments/: PaymentView, filtered by status, bank and currency; paginated."""
     form = PaymentFilterForm(request.GET)
     filters = _valid(form)
-    number = filters.pop("page", None) or 1
-    page = selectors.payments_page(filters, number)
     query = request.GET.copy()
     query.pop("page", None)
+    if "page" in form.errors:  # a hidden field: say it on a page of its own
+        return render(request, "400.html", {
+            "message": " ".join(form.errors["page"]),
+            "back": f"{request.path}?{query.urlencode()}" if query else request.path,
+        }, status=400)
+    number = filters.pop("page", None) or 1
+    page = selectors.payments_page(filters, number)
     return render(request, "projections/payment_list.html",
-                  {"form": form, "page": page, "query": query.urlencode()})
+                  {"form": form, "page": page, "query": query.urlencode()},
+                  status=_status(form))
 
 
 @login_required
@@ -109,4 +155,4 @@ def declines(request: HttpRequest) -> HttpResponse:
     )
     return render(request, "projections/declines.html", {
         "form": form, "report": report, "chart": bar_chart(report.days, report.per_day),
-    })
+    }, status=_status(form))

@@ -127,6 +127,7 @@ def test_decline(client: APIClient) -> None:
         ({"amount": "1", "currency": "XYZ"}, "currency", "XYZ is not an ISO 4217 currency code"),
         ({"amount": "1", "currency": "XTS"}, "currency", "XTS is not an ISO 4217 currency code"),
         ({"amount": "1", "currency": ""}, "currency", "three-letter ISO 4217"),
+        ({"amount": "1", "currency": "\u017fek"}, "currency", "three-letter ISO 4217"),
         ({"amount": "1", "currency": 978}, "currency", "must be a string"),
         ({"amount": "1", "colour": "red"}, "colour", "unknown field"),
         ({"amount": "1", "expected_version": 0}, "expected_version", "unknown field"),
