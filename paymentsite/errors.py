@@ -164,6 +164,25 @@ def _is_page_to_replace(response: HttpResponseBase) -> bool:
     return response.get("Content-Type", "").startswith("text/html")
 
 
+NUL_IN_QUERY = "query parameters must not contain NUL (U+0000)"
+
+
+def _has_nul(request: HttpRequest) -> bool:
+    """NUL in a query parameter: never a valid filter, page or id anywhere, and
+    PostgreSQL refuses it in a query (the admin's list filters answered 500)."""
+    return "%00" in request.META.get("QUERY_STRING", "") and any(
+        "\x00" in key or any("\x00" in value for value in values)
+        for key, values in request.GET.lists()
+    )
+
+
+def _nul_in_query(request: HttpRequest) -> HttpResponseBase:
+    if answers_json(request):
+        return json_error(HTTPStatus.BAD_REQUEST, NUL_IN_QUERY)
+    return _mark(render(request, "400.html", {"message": f"The {NUL_IN_QUERY}."},
+                        status=HTTPStatus.BAD_REQUEST))
+
+
 class ErrorPagesMiddleware:
     """Re-answers errors that Django made without our handlers, keeping status and headers.
 
@@ -176,6 +195,8 @@ class ErrorPagesMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if _has_nul(request):
+            return _nul_in_query(request)
         response = self.get_response(request)
         status = response.status_code
         if status < HTTPStatus.BAD_REQUEST or getattr(response, "is_error_page", False):
