@@ -204,3 +204,37 @@ def test_the_process_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     assert states["payment"][0] == "failed"
     assert "not JSON" in states["payment"][1]
     assert states["decline"] == ("stopped", None)  # it had nothing to read: no failure
+
+
+def test_a_value_the_database_refuses_stops_the_runner_on_that_event(monkeypatch) -> None:
+    """The issue's PostgreSQL finding, with the text rule's repair switched off so a NUL
+    reaches the read model: PostgreSQL refuses it (DataError), and the runner must name
+    the event, keep the good events of the batch, and exit non-zero — not die silently
+    with "applied 0 events". SQLite stores NUL, so there the batch is applied."""
+    from django.db import connection
+
+    from payments import events
+
+    before = services.create_payment(amount="1.00")
+    poisoned = services.create_payment(amount="2.00")
+    services.authorize_payment(payment_id=poisoned.id, bank_name="Acme")
+    store = get_event_store()
+    record = store.read_stream(stream_name(poisoned.id))[1]
+    corrupt_row(Path(get_event_store().path), record.position,
+                record.data.replace(b'"Acme"', b'"Ac\\u0000me"'))
+    services.create_payment(amount="3.00")  # after the culprit: must not be applied
+    monkeypatch.setattr(events, "_repair_text", lambda document: document)
+
+    if connection.vendor != "postgresql":
+        run_projection("payment", "--once", "--batch-size", "100")
+        assert PaymentView.objects.get(payment_id=poisoned.id).bank_name == "Ac\x00me"
+        return
+    with pytest.raises(CommandError, match=rf"position {record.position} \(stream"
+                                           rf" {record.stream}, version 1, type"
+                                           r" PaymentAuthorized\): DataError"):
+        run_projection("payment", "--once", "--batch-size", "100")
+    assert set(PaymentView.objects.values_list("payment_id", flat=True)) == \
+        {before.id, poisoned.id}  # created before the culprit; the third is not applied
+    assert PaymentView.objects.get(payment_id=poisoned.id).status == "pending"
+    assert Checkpoint.objects.get(name="payment").failure.startswith(
+        f"projection 'payment' cannot apply the event at position {record.position}")
