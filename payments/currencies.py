@@ -10,6 +10,8 @@ bond-market and accounting units, the SDR, and the testing and "no currency" cod
 
 from __future__ import annotations
 
+from functools import cache
+
 import pycountry
 
 NOT_PAYABLE = frozenset({
@@ -19,6 +21,10 @@ NOT_PAYABLE = frozenset({
     "XTS", "XXX",  # reserved for testing; "no currency"
 })
 
-CURRENCIES: frozenset[str] = frozenset(
-    currency.alpha_3 for currency in pycountry.currencies
-) - NOT_PAYABLE
+
+
+@cache
+def currency_codes() -> frozenset[str]:
+    """The codes a payment may be in; read on first use, not at import (the CLI starts
+    faster, and importing the domain touches no data file)."""
+    return frozenset(currency.alpha_3 for currency in pycountry.currencies) - NOT_PAYABLE

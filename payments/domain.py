@@ -20,7 +20,7 @@ from decimal import Decimal
 from uuid import UUID, uuid4
 
 from payments import text
-from payments.currencies import CURRENCIES
+from payments.currencies import currency_codes
 from payments.events import (
     PaymentAuthorized,
     PaymentCreated,
@@ -183,7 +183,7 @@ def parse_currency(value: str) -> str:
     if not _CURRENCY.fullmatch(code):  # before upper(): "\u017fek".upper() is "SEK"
         raise InvalidInput("currency", "must be a three-letter ISO 4217 code such as EUR")
     code = code.upper()
-    if code not in CURRENCIES:
+    if code not in currency_codes():
         raise InvalidInput("currency", f"{code} is not an ISO 4217 currency code")
     return code
 
@@ -197,6 +197,8 @@ def parse_text(value: str, field: str, *, max_length: int) -> str:
     """
     if not isinstance(value, str):
         raise InvalidInput(field, "must be text")
+    if len(value) > 10 * max_length:  # far too long whatever trimming leaves: not scanned
+        raise InvalidInput(field, f"must be at most {max_length} characters")
     found = text.forbidden_character(value)
     if found is not None:
         raise InvalidInput(field, text.describe(found))

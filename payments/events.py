@@ -235,7 +235,10 @@ def decode_document(type_name: str, data: bytes, metadata: bytes = b"") -> Docum
 
 def decode_event(type_name: str, data: bytes, metadata: bytes = b"") -> PaymentEvent:
     """Parse stored JSON back into an event, checking every field's type."""
-    document = decode_document(type_name, data, metadata)
+    return _event_from(type_name, decode_document(type_name, data, metadata))
+
+
+def _event_from(type_name: str, document: Document) -> PaymentEvent:
     cls = EVENT_TYPES[type_name]
     try:
         return cls(**{name: parse(document[name]) for name, parse in _parsers(cls)})
@@ -243,20 +246,19 @@ def decode_event(type_name: str, data: bytes, metadata: bytes = b"") -> PaymentE
         raise EventDecodeError(f"bad {type_name} data: {e!r}") from None
 
 
+def read_recorded(record: RecordedEvent) -> tuple[Document, PaymentEvent]:
+    """A stored event's document (as histories show it) and the event decoded from it,
+    parsed once; a failure is the port's ``UnreadableEvent``, naming the event."""
+    try:
+        document = decode_document(record.type, record.data, record.metadata)
+        return document, _event_from(record.type, document)
+    except EventDecodeError as e:
+        raise UnreadableEvent(record.position, record.stream, record.type, str(e)) from None
+
+
 def decode_recorded(record: RecordedEvent) -> PaymentEvent:
     """A stored event decoded; a failure is the port's ``UnreadableEvent``, with its place."""
-    try:
-        return decode_event(record.type, record.data, record.metadata)
-    except EventDecodeError as e:
-        raise UnreadableEvent(record.position, record.stream, record.type, str(e)) from None
-
-
-def recorded_document(record: RecordedEvent) -> Document:
-    """A stored event's data as the histories show it (upcast, text repaired)."""
-    try:
-        return decode_document(record.type, record.data, record.metadata)
-    except EventDecodeError as e:
-        raise UnreadableEvent(record.position, record.stream, record.type, str(e)) from None
+    return read_recorded(record)[1]
 
 
 def _parse_str(value: object) -> str:

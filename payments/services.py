@@ -45,12 +45,12 @@ from payments.domain import (
     create_payment as decide_create,
 )
 from payments.events import (
+    Document,
     PaymentEvent,
     decode_metadata,
-    decode_recorded,
     encode_data,
     encode_metadata,
-    recorded_document,
+    read_recorded,
     stream_name,
 )
 from payments.eventstore import (
@@ -112,6 +112,7 @@ class PaymentWithHistory:
 class _Loaded:
     payment: Payment
     records: list[RecordedEvent]
+    documents: list[Document]  # each record's data, decoded once (histories show it)
     events: list[PaymentEvent]
 
 
@@ -239,13 +240,14 @@ def find_payment(*, payment_id: UUID, store: EventStore | None = None) -> Paymen
     history = [
         HistoryEntry(
             type=record.type,
-            data=recorded_document(record),
+            data=document,
             version=record.version,
             position=record.position,
             occurred_at=event.occurred_at,
             event_id=record.id,
         )
-        for record, event in zip(loaded.records, loaded.events, strict=True)
+        for record, document, event in zip(loaded.records, loaded.documents, loaded.events,
+                                           strict=True)
     ]
     return PaymentWithHistory(payment=loaded.payment, history=history)
 
@@ -262,12 +264,14 @@ def _load(store: EventStore, payment_id: UUID) -> _Loaded:
         records = store.read_stream(stream_name(payment_id))
     except StreamNotFound:
         raise PaymentNotFound(payment_id) from None
-    events = [decode_recorded(r) for r in records]
+    decoded = [read_recorded(record) for record in records]
+    events = [event for _, event in decoded]
     payment: Payment | None = None
     for record, event in zip(records, events, strict=True):
         payment = apply(payment, event, record.version)
     assert payment is not None  # a stream that exists has at least one event
-    return _Loaded(payment=payment, records=records, events=events)
+    return _Loaded(payment=payment, records=records,
+                   documents=[document for document, _ in decoded], events=events)
 
 
 def _command_ids(
@@ -403,7 +407,7 @@ def _failure(error: Exception) -> tuple[int, str]:
     if isinstance(error, PaymentError) and not isinstance(error, HistoryError):
         return logging.INFO, "refused"  # the rules said no: the system is fine
     if isinstance(error, EventStoreError) and not isinstance(error, UnreadableEvent):
-        return logging.WARNING, "unavailable"
+        return logging.WARNING, "unavailable"  # an unreadable event is an error, below
     return logging.ERROR, "error"  # a stream we cannot read, or a bug
 
 

@@ -30,8 +30,8 @@ from projections.management.commands.projection_status import (
     ProjectionStatus,
     projection_statuses,
 )
-from projections.models import Checkpoint
 from projections.projectors import PROJECTIONS
+from projections.selectors import failed_projections
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def readiness() -> Readiness:
 def _failed_projections() -> dict[str, str]:
     """Each projection whose runner stopped on an error, with its reason."""
     try:
-        return dict(Checkpoint.objects.exclude(failure="").values_list("name", "failure"))
+        return {checkpoint.name: checkpoint.failure for checkpoint in failed_projections()}
     except DatabaseError as e:
         logger.warning("readiness: database failed reading the checkpoints: %s", e)
         return {}

@@ -24,13 +24,18 @@ def _remove_test_database_lock_files() -> Iterator[None]:
             leftover.unlink(missing_ok=True)
 
 
+def using_event_store(settings, store_file: Path) -> Iterator[None]:
+    """For a fixture: the process's store is the embedded one in ``store_file``."""
+    reset_event_store()
+    settings.EVENTSTORE_URI = f"sqlite:///{store_file}"
+    yield
+    reset_event_store()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_event_store(settings, tmp_path: Path) -> Iterator[None]:
     """Point EVENTSTORE_URI at a fresh file, so no test sees another's events."""
-    reset_event_store()
-    settings.EVENTSTORE_URI = f"sqlite:///{tmp_path / 'events.sqlite3'}"
-    yield
-    reset_event_store()
+    yield from using_event_store(settings, tmp_path / "events.sqlite3")
 
 
 @pytest.fixture

@@ -65,10 +65,11 @@ from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
 from payments import services
-from payments.eventstore import EventStore, get_event_store, reset_event_store
+from payments.eventstore import EventStore, get_event_store
 from projections.models import Checkpoint, DeclineView, PaymentView
 from projections.projectors import DeclineProjection, PaymentProjection, Projection
 from projections.runner import ProjectionRunner
+from tests.conftest import using_event_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -346,10 +347,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
 @pytest.fixture
 def _isolated_event_store(settings: Any, ledger: Ledger) -> Iterator[None]:
     """Overrides conftest's store per test: this module's tests share one."""
-    reset_event_store()
-    settings.EVENTSTORE_URI = f"sqlite:///{ledger.store_file}"
-    yield
-    reset_event_store()
+    yield from using_event_store(settings, ledger.store_file)
 
 
 @pytest.fixture

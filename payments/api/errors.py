@@ -65,14 +65,14 @@ def to_api_exception(exc: Exception) -> Exception:
         return exceptions.NotFound(str(exc))
     if isinstance(exc, IdempotencyKeyReused):
         return IdempotencyKeyConflict(str(exc))
-    if isinstance(exc, EventStoreError) and not isinstance(exc, UnreadableEvent):
-        logger.warning("event store error: %s", exc)
-        return StoreUnavailable()
     if isinstance(exc, PaymentError | EventDecodeError | UnreadableEvent):
         # A stream this code cannot fold (corrupt, or written by a newer version): the
         # operator must look; the client gets a clean answer and no traceback.
         logger.error("cannot read a payment's events: %s", exc, exc_info=exc)
         return StoreUnavailable("this payment's events cannot be read now; try again later")
+    if isinstance(exc, EventStoreError):
+        logger.warning("event store error: %s", exc)
+        return StoreUnavailable()
     return exc
 
 

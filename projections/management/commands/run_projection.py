@@ -18,6 +18,7 @@ from projections.projectors import PROJECTIONS, ProjectionError
 from projections.runner import CheckpointMoved, Progress, ProjectionRunner, record_failure
 
 LOG_EVERY_SECONDS = 5.0
+MAX_REASON = 2000  # characters of a failure's reason kept for status, /readyz and the log
 
 logger = logging.getLogger("projections.runner")
 
@@ -110,8 +111,9 @@ def fail_loudly(runner: ProjectionRunner, error: BaseException) -> str:
     else:
         reason = (f"projection {runner.name!r} stopped after position"
                   f" {runner.progress.position}: {type(error).__name__}: {error}")
-    logger.error("%s", reason, exc_info=None if isinstance(error, EventStoreError | ProjectionError
-                                                           | CheckpointMoved) else error,
+    reason = reason[:MAX_REASON]  # an error may quote a huge value; status shows one line
+    expected = isinstance(error, ProjectionError | CheckpointMoved | EventStoreError)
+    logger.error("%s", reason, exc_info=None if expected else error,  # a bug: its traceback
                  extra={"projection": runner.name, "position": runner.progress.position})
     try:
         record_failure(runner.name, reason)
