@@ -1,9 +1,11 @@
 """The command service: one function per use case, the only writer of events.
 
 Each command loads the payment's stream, lets the aggregate decide one event, and
-appends it with the version it read (optimistic concurrency). If another writer
-got there first, it re-reads and re-decides, a bounded number of times, and only
-then reports ``ConcurrencyConflict``.
+appends it with the version it read (optimistic concurrency). Commands on one
+payment within a process take turns (``_StreamTurns``), so they do not race each
+other; if another process got there first, the command backs off with jitter,
+re-reads and re-decides until its deadline (``COMMAND_DEADLINE``), and only then
+reports ``ConcurrencyConflict``.
 
 Idempotency: given an ``idempotency_key``, the event id (and, for create, the
 payment id) is derived from the key, so a retried command finds its own event in
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -67,7 +71,11 @@ from payments.eventstore import (
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 10
+# Backing off after a lost race with another process: full jitter (a random pause up
+# to a ceiling that doubles per attempt), so that racers spread out instead of meeting
+# again; capped so that a long wait still re-tries often before the deadline.
+FIRST_BACKOFF = 0.001  # s
+LONGEST_BACKOFF = 0.050  # s
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:paymentsite:idempotency")
 
@@ -81,7 +89,8 @@ class PaymentNotFound(PaymentError):
 
 
 class ConcurrencyConflict(PaymentError):
-    """Another change to the payment won, and re-deciding did not settle it."""
+    """The caller's expected version is not current, or the command's deadline passed
+    while other changes to the payment kept it waiting."""
 
 
 class IdempotencyKeyReused(PaymentError):
@@ -342,6 +351,86 @@ class _RecentPayments:
 _recent = _RecentPayments()
 
 
+class _Turn:
+    """One payment's lock, and how many commands hold it or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
+class _StreamTurns:
+    """Commands on one payment, through one store, take turns within this process.
+
+    Without turns, concurrent commands on a payment would all decide on the same
+    version and all but one lose the append; waiting for a turn costs less than
+    losing and re-deciding. A lock exists only while some command holds it or waits
+    for it (a count of them, under one registry lock): the last one out removes it,
+    so the registry holds at most one lock per command in flight, never one per
+    payment ever commanded (a million payments leave it empty, not a million locks).
+    Keyed by store as well: two stores are two views, like two processes, whose
+    races the append's expected version and the back-off settle.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turns: dict[tuple[EventStore, UUID], _Turn] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._turns)
+
+    @contextmanager
+    def taking(self, store: EventStore, payment_id: UUID, deadline: float) -> Iterator[None]:
+        """Hold the payment's turn; waiting for it ends at ``deadline`` (monotonic)."""
+        key = (store, payment_id)
+        with self._lock:
+            turn = self._turns.get(key)
+            if turn is None:
+                turn = self._turns[key] = _Turn()
+            turn.users += 1
+        try:
+            wait = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            if not turn.lock.acquire(timeout=wait):
+                raise _deadline_passed(payment_id, "was busy with other commands")
+            try:
+                yield
+            finally:
+                turn.lock.release()
+        finally:
+            with self._lock:
+                turn.users -= 1
+                if not turn.users:
+                    del self._turns[key]
+
+
+_turns = _StreamTurns()
+
+
+def _deadline_passed(payment_id: UUID, why: str) -> ConcurrencyConflict:
+    """The 409 of a command that ran out of time waiting, not one the rules refused."""
+    return ConcurrencyConflict(
+        f"payment {payment_id} {why} until the command's deadline"
+        f" ({settings.COMMAND_DEADLINE:g} s) passed; try again"
+    )
+
+
+def _back_off(payment_id: UUID, action: str, attempt: int, deadline: float) -> None:
+    """Pause before re-deciding after lost race ``attempt`` (1, 2, ...): a random time up
+    to 1 ms, 2 ms, 4 ms ... capped at ``LONGEST_BACKOFF``, and never past ``deadline``.
+
+    Another process won the race (within this one, commands take turns); pausing for a
+    random while lets it finish rather than meeting it again at once.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _deadline_passed(payment_id, f"kept changing while {action} was decided")
+    ceiling = min(LONGEST_BACKOFF, FIRST_BACKOFF * 2 ** min(attempt - 1, 16))
+    time.sleep(min(remaining, random.uniform(0, ceiling)))
+
+
 def _current_state(
     store: EventStore,
     payment_id: UUID,
@@ -451,10 +540,12 @@ def _decide_and_append(
     expected_version: int | None,
     creates: bool,
 ) -> tuple[Payment, str | None]:
-    """Load, decide, append with the version read; on a lost race, do it again.
+    """In the payment's turn: load, decide, append with the version read; on a race
+    lost to another process, back off and do it again, until the command's deadline.
 
     Returns the payment and the appended event's type (None: a replay, nothing new).
     """
+    deadline = time.monotonic() + settings.COMMAND_DEADLINE
     stream = stream_name(payment_id)
     event_id, command_id = _command_ids(payment_id, action, request, idempotency_key)
     metadata = encode_metadata(
@@ -463,38 +554,39 @@ def _decide_and_append(
     # An idempotency key must see the history; so must a caller's expected version
     # that differs from what we hold (it is checked against the store, not the cache).
     needs_history = idempotency_key is not None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        current, replayed = _current_state(
-            store, payment_id, event_id, command_id, needs_history=needs_history, creates=creates
-        )
-        if replayed is not None:
-            return replayed, None
-        if expected_version is not None and current is not None \
-                and current.version != expected_version:
-            if not needs_history:
-                needs_history = True  # the cache may be behind: ask the store
+    lost = 0
+    with _turns.taking(store, payment_id, deadline):
+        while True:
+            current, replayed = _current_state(
+                store, payment_id, event_id, command_id, needs_history=needs_history,
+                creates=creates,
+            )
+            if replayed is not None:
+                return replayed, None
+            if expected_version is not None and current is not None \
+                    and current.version != expected_version:
+                if not needs_history:
+                    needs_history = True  # the cache may be behind: ask the store
+                    continue
+                raise ConcurrencyConflict(
+                    f"payment {payment_id} is at version {current.version},"
+                    f" not {expected_version}; it is {current.status}"
+                )
+            event = decide(current, request)
+            new_event = NewEvent(
+                type=event.type_name, data=encode_data(event), metadata=metadata, id=event_id
+            )
+            try:
+                result = store.append(
+                    stream, [new_event], current.version if current else StreamState.NO_STREAM
+                )
+            except WrongExpectedVersion:
+                lost += 1
+                logger.info("%s %s: lost a race to another process (attempt %d), backing off",
+                            action, payment_id, lost)
+                _recent.forget(store, payment_id)
+                _back_off(payment_id, action, lost, deadline)
                 continue
-            raise ConcurrencyConflict(
-                f"payment {payment_id} is at version {current.version}, not {expected_version};"
-                f" it is {current.status}"
-            )
-        event = decide(current, request)
-        new_event = NewEvent(
-            type=event.type_name, data=encode_data(event), metadata=metadata, id=event_id
-        )
-        try:
-            result = store.append(
-                stream, [new_event], current.version if current else StreamState.NO_STREAM
-            )
-        except WrongExpectedVersion:
-            logger.info("%s %s: lost a race (attempt %d), re-deciding", action, payment_id,
-                        attempt)
-            _recent.forget(store, payment_id)
-            continue
-        payment = apply(current, event, result.version)
-        _recent.put(store, payment)
-        return payment, event.type_name
-    raise ConcurrencyConflict(
-        f"payment {payment_id} kept changing while {action} was decided"
-        f" ({MAX_ATTEMPTS} attempts); try again"
-    )
+            payment = apply(current, event, result.version)
+            _recent.put(store, payment)
+            return payment, event.type_name

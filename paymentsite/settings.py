@@ -99,6 +99,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 EVENTSTORE_URI = env.str("EVENTSTORE_URI", default=f"sqlite:///{VAR_DIR / 'events.sqlite3'}")
 # Seconds any single event store call may take before it counts as "unavailable".
 EVENTSTORE_TIMEOUT = env.float("EVENTSTORE_TIMEOUT", default=5.0)
+# Seconds a command may wait for its turn on a payment and back off after races lost
+# to other processes; then it is a 409 "try again" (payments/services.py).
+COMMAND_DEADLINE = env.float("COMMAND_DEADLINE", default=5.0)
+if not COMMAND_DEADLINE > 0:
+    raise ImproperlyConfigured(f"COMMAND_DEADLINE must be more than 0 s, not {COMMAND_DEADLINE}")
 
 DEFAULT_CURRENCY = env.str("DEFAULT_CURRENCY", default="EUR")
 
