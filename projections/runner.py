@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 FIRST_BACKOFF = 0.5  # seconds; doubled after each failed retry, up to MAX_BACKOFF
 MAX_BACKOFF = 30.0
 FIRST_EVENT_WAIT = 0.25  # seconds; also how often a stop request is noticed
+# Seconds between checkpoint moves with no event (the store looked past other
+# categories' events): often enough that a restart skips them, rarely enough that a
+# store busy with other categories costs the read model's database little.
+CHECKPOINT_INTERVAL = 1.0
 
 
 class CheckpointMoved(Exception):
@@ -182,12 +186,26 @@ class ProjectionRunner:
         logger.info("projection %s: following from position %d", self.name, position)
         with self.store.subscribe(after=position) as subscription:
             self._backoff = FIRST_BACKOFF  # the store answers: a later outage starts over
+            moved = time.monotonic()
             while not self.stop.is_set():
                 batch = self._collect(subscription)
+                # Read after the batch: what the store looked past includes its events.
+                covered = subscription.position
                 if batch:
-                    position = self._commit(batch, position)
+                    position = self._commit(batch, position, covered)
+                    moved = time.monotonic()
+                elif covered is not None and covered > position and (
+                    once or time.monotonic() - moved >= CHECKPOINT_INTERVAL
+                ):
+                    position = self._commit([], position, covered)
+                    moved = time.monotonic()
+                elif once and not batch and not self.store.read_all(after=position, limit=1):
+                    return  # caught up, on a server that sent no checkpoint to say so
                 if once and position >= head:
                     return
+            covered = subscription.position
+            if covered is not None and covered > position:
+                self._commit([], position, covered)  # stopping: keep what was looked past
 
     def _collect(self, subscription: Subscription) -> list[RecordedEvent]:
         """Up to ``batch_size`` events: waits (briefly) only for the first one.
@@ -198,30 +216,39 @@ class ProjectionRunner:
         """
         return subscription.get_many(self.batch_size, timeout=FIRST_EVENT_WAIT)
 
-    def _commit(self, batch: list[RecordedEvent], position: int) -> int:
+    def _commit(
+        self, batch: list[RecordedEvent], position: int, covered: int | None = None
+    ) -> int:
         """Apply the batch and move the checkpoint in one transaction; the new position.
 
-        Should the projection raise on the batch (a value its database refuses, a bug),
-        the batch is applied again one event per transaction: the events before the
-        culprit are kept, and the runner stops naming the culprit.
+        ``covered``: the subscription's position after the batch (every event up to it
+        is in the batch or before it), so the checkpoint also moves past other
+        categories' events, never past an event not applied. Should the projection
+        raise on the batch (a value its database refuses, a bug), the batch is applied
+        again one event per transaction: the events before the culprit are kept, and
+        the runner stops naming the culprit.
         """
         try:
-            return self._commit_batch(batch, position)
+            return self._commit_batch(batch, position, covered)
         except _ApplyFailed as e:
             if len(batch) == 1:
                 raise ProjectionError(self.name, batch[0], str(e)) from e.error
             logger.warning("projection %s: a batch of %d events failed (%s); applying them"
                            " one by one to find the event", self.name, len(batch), e)
-        for record in batch:
-            position = self._commit([record], position)
+        for index, record in enumerate(batch):
+            position = self._commit([record], position,
+                                    covered if index == len(batch) - 1 else None)
         return position
 
-    def _commit_batch(self, batch: list[RecordedEvent], position: int) -> int:
+    def _commit_batch(
+        self, batch: list[RecordedEvent], position: int, covered: int | None = None
+    ) -> int:
         """One transaction: the batch's effect and the checkpoint.
 
         Only the event types the projection handles are decoded (a tolerant reader);
-        a type no code knows, or data that does not decode, stops the runner after
-        the events before it are committed.
+        the store's own records (types starting with ``$``, such as a tombstone's
+        ``$streamDeleted``) pass by; a type no code knows, or data that does not
+        decode, stops the runner after the events before it are committed.
         """
         started = time.perf_counter()
         decoded: list[Decoded] = []
@@ -235,10 +262,12 @@ class ProjectionRunner:
                     poison = ProjectionError(self.name, record, e.reason)
                     break
                 decoded.append(Decoded(record, event))
-            elif record.type not in EVENT_TYPES:
+            elif record.type not in EVENT_TYPES and not record.type.startswith("$"):
                 poison = ProjectionError(self.name, record, f"unknown event type {record.type!r}")
                 break
             last = record.position
+        if poison is None and covered is not None and covered > last:
+            last = covered
         if last != position:
             with transaction.atomic():
                 # The checkpoint first: its row lock queues a second writer (PostgreSQL
@@ -266,13 +295,17 @@ class ProjectionRunner:
             self.progress.applied += applied
             self.progress.position = last
             duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            logger.info(
-                "projection %s: applied %d events, positions %d..%d, in %.1f ms", self.name,
-                applied, batch[0].position, last, duration_ms,
-                extra={"projection": self.name, "count": applied,
-                       "first_position": batch[0].position, "last_position": last,
-                       "duration_ms": duration_ms},
-            )
+            if not batch:
+                logger.debug("projection %s: checkpoint moved to %d past other events",
+                             self.name, last)
+            else:
+                logger.info(
+                    "projection %s: applied %d events, positions %d..%d, in %.1f ms",
+                    self.name, applied, batch[0].position, last, duration_ms,
+                    extra={"projection": self.name, "count": applied,
+                           "first_position": batch[0].position, "last_position": last,
+                           "duration_ms": duration_ms},
+                )
             if self.on_progress is not None:
                 self.on_progress(self.progress)
         if poison is not None:

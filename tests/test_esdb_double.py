@@ -8,6 +8,7 @@ away and comes back. No Django, no real EventStoreDB.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -133,13 +134,26 @@ def test_read_all_excludes_after_and_other_categories(store):
     assert [e.stream for e in store.read_all(category="refunds")] == ["refunds-1"]
 
 
-def test_head_position(store):
+def test_head_position_is_the_last_position_of_all(store):
     assert store.head_position() == 0
     store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
-    last = store.append("payments-2", [event(n=1)], StreamState.NO_STREAM)
-    store.append("refunds-1", [event(n=2)], StreamState.NO_STREAM)
+    store.append("payments-2", [event(n=1)], StreamState.NO_STREAM)
+    last = store.append("refunds-1", [event(n=2)], StreamState.NO_STREAM)
 
     assert store.head_position() == last.position
+
+
+def test_head_position_on_a_large_store_without_payments_reads_one_record(double, store):
+    """A filtered backward read would scan all of $all for a payment event that is not
+    there: beyond /readyz's deadline on a big store. One unfiltered record answers."""
+    double.load("refunds-x", "Refunded", b"{}", 100_000, streams=1000)
+    before = double.considered
+
+    head = store.head_position()
+
+    assert double.considered - before == 1
+    assert head == store.read_all(category="refunds", after=head - 1)[0].position
+    assert store.read_all(category="payments") == []
 
 
 def test_subscription_delivers_history_then_live_appends(store):
@@ -308,3 +322,60 @@ def test_cluster_uri_of_silent_nodes_fails_instead_of_gossiping_for_minutes(blac
         pytest.raises(EventStoreUnavailable),
     ):
         store.head_position()
+
+
+def test_a_paused_consumer_holds_at_most_the_buffer_and_loses_nothing(double):
+    """Back-pressure: the reading thread waits for room, so gRPC's flow control stops the
+    server instead of the whole history moving into this process's memory."""
+    total, buffer = 20_000, 50
+    double.load("payments-bulk", "PaymentCreated", b'{"pad": "' + b"x" * 1000 + b'"}', total,
+                streams=100)
+    with (EventStoreDBEventStore(double.uri, timeout=DEADLINE, subscription_buffer=buffer)
+          as store, store.subscribe() as subscription):
+        deadline = time.monotonic() + 10
+        while subscription.buffered < buffer and time.monotonic() < deadline:
+            time.sleep(0.01)  # waiting for the buffer to fill, not for a race
+        assert subscription.buffered == buffer
+        # However long the consumer pauses, the server stops once the HTTP/2 windows are
+        # full (about 5,300 of these 1 KB events, measured: 6 MB of the 20 MB history).
+        assert double.considered < total / 2
+
+        received = subscription.get_many(total, timeout=5)
+        while len(received) < total:
+            more = subscription.get_many(total, timeout=5)
+            assert more, f"stalled after {len(received)} events"
+            received += more
+            assert subscription.buffered <= buffer
+    positions = [e.position for e in received]
+    assert positions == sorted(set(positions))
+    assert len(positions) == total
+
+
+def test_a_tombstoned_stream_is_not_found(double, store):
+    store.append("payments-1", [event(n=0)], StreamState.NO_STREAM)
+    double.tombstone("payments-1")
+
+    with pytest.raises(StreamNotFound):
+        store.read_stream("payments-1")
+    # $all shows the server's record of the deletion: the store's own type, with a "$".
+    assert [e.type for e in store.read_all()] == ["PaymentInitiated", "$streamDeleted"]
+
+
+def test_an_any_append_is_idempotent_only_while_the_server_remembers_its_first_id(double,
+                                                                                    store):
+    """EventStoreDB checks an "any" append against a memory cache of recent event ids,
+    by the first id only: a retry after a server restart appends the events again. The
+    command service never appends with "any"; exact versions are checked on disk."""
+    exact = event(n=0)
+    store.append("payments-1", [exact], StreamState.NO_STREAM)
+    anywhere = event(n=1)
+    first = store.append("payments-1", [anywhere], StreamState.ANY)
+    assert store.append("payments-1", [anywhere], StreamState.ANY) == first
+
+    double.restart()
+
+    assert store.append("payments-1", [exact], StreamState.NO_STREAM).version == 0  # on disk
+    again = store.append("payments-1", [anywhere], StreamState.ANY)
+    assert again.version == first.version + 1  # a duplicate: the cache was lost
+    assert [e.id for e in store.read_stream("payments-1")] == [exact.id, anywhere.id,
+                                                                anywhere.id]

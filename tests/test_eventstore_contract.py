@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -151,7 +152,6 @@ def test_appending_the_same_event_ids_again_is_idempotent(harness: Harness) -> N
 
 def test_read_all_follows_the_category_from_after_a_position(harness: Harness) -> None:
     assert harness.store.read_all(category=harness.category) == []
-    assert harness.store.head_position(category=harness.category) == 0
     streams = [harness.stream() for _ in range(3)]
     results = [harness.store.append(s, [event(i)], StreamState.NO_STREAM)
                for i, s in enumerate(streams)]
@@ -165,7 +165,38 @@ def test_read_all_follows_the_category_from_after_a_position(harness: Harness) -
     assert [r.stream for r in after_first] == streams[1:]
     limited = harness.store.read_all(category=harness.category, limit=2)
     assert [r.stream for r in limited] == streams[:2]
-    assert harness.store.head_position(category=harness.category) == results[-1].position
+
+
+def test_head_position_is_at_or_after_the_category_s_last_event(harness: Harness) -> None:
+    stream = harness.stream()
+    first = harness.store.append(stream, [event(0)], StreamState.NO_STREAM)
+    head = harness.store.head_position(category=harness.category)
+    assert head >= first.position
+    assert harness.store.read_all(after=head, category=harness.category) == []
+
+    last = harness.store.append(stream, [event(1)], 0)
+    assert harness.store.head_position(category=harness.category) >= last.position
+
+
+def test_a_subscription_s_position_moves_past_other_categories(harness: Harness) -> None:
+    """Server checkpoints (EventStoreDB) or the store's head (embedded): a runner can move
+    its checkpoint past other categories' events, so a restart does not read them again."""
+    mine = harness.store.append(harness.stream(), [event(0)], StreamState.NO_STREAM)
+    others = [harness.store.append(f"other{uuid4().hex[:8]}-{uuid4()}", [event(n)],
+                                   StreamState.NO_STREAM) for n in range(400)]
+    head = harness.store.head_position(category=harness.category)
+    with harness.store.subscribe(after=mine.position - 1, category=harness.category) as sub:
+        assert sub.get(timeout=5).position == mine.position
+        assert sub.position == mine.position or sub.position >= others[-1].position
+        deadline = time.monotonic() + 10
+        while sub.position < max(head, others[-1].position) and time.monotonic() < deadline:
+            assert sub.get(timeout=0.2) is None  # no event of the category: only checkpoints
+        assert sub.position >= others[-1].position
+        assert sub.position >= head
+    with harness.store.subscribe(after=sub.position, category=harness.category) as again:
+        assert again.get(timeout=0.3) is None
+        late = harness.store.append(harness.stream(), [event(1)], StreamState.NO_STREAM)
+        assert again.get(timeout=5).position == late.position
 
 
 @pytest.mark.timeout(60)

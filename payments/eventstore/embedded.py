@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at REAL    NOT NULL,  -- Unix time, seconds
     UNIQUE (stream, version)
 );
+-- A category's events without walking past the others: subscriptions, lag and the
+-- head stay cheap however many events of other categories the store holds.
+CREATE INDEX IF NOT EXISTS events_by_category ON events (category, position);
 """
 _INSERT = (
     "INSERT INTO events (event_id, stream, category, version, type, data, metadata, recorded_at)"
@@ -349,21 +352,40 @@ class EmbeddedEventStore(Closing):
     def read_all(
         self, *, after: int | None = None, category: str = "payments", limit: int | None = None
     ) -> list[RecordedEvent]:
+        return self.read_page(after=after, category=category, limit=limit)[0]
+
+    def read_page(
+        self, *, after: int | None, category: str, limit: int | None
+    ) -> tuple[list[RecordedEvent], int]:
+        """``read_all`` and the position it covers: when the page is not full, the last
+        position of the whole store in the same snapshot (every event of the category
+        up to there is in the page: positions become visible in order)."""
         with self._guard():
-            rows = self._connection().execute(
-                f"SELECT {_COLUMNS} FROM events WHERE category = ? AND position > ?"
-                " ORDER BY position LIMIT ?",
-                (category, after or 0, -1 if limit is None else limit),
-            ).fetchall()
+            connection = self._connection()
+            connection.execute("BEGIN")  # one snapshot for both statements
+            try:
+                rows = connection.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE category = ? AND position > ?"
+                    " ORDER BY position LIMIT ?",
+                    (category, after or 0, -1 if limit is None else limit),
+                ).fetchall()
+                full = limit is not None and len(rows) == limit
+                last = None if full else connection.execute(
+                    "SELECT max(position) FROM events"
+                ).fetchone()[0]
+            finally:
+                connection.execute("COMMIT")
         events = []
         for row in rows:
             try:
                 events.append(_recorded(row))
             except UnreadableEvent:
                 if events:
-                    break  # the events before it first; the next read starts at it
+                    # The events before it first; the next read starts at it.
+                    return events, events[-1].position
                 raise
-        return events
+        covered = events[-1].position if events else after or 0
+        return events, max(covered, last or 0)
 
     def subscribe(
         self, *, after: int | None = None, category: str = "payments"
@@ -372,7 +394,7 @@ class EmbeddedEventStore(Closing):
 
     def head_position(self, *, category: str = "payments") -> int:
         with self._guard():
-            # Walks back from the newest event: stops at once when the category dominates.
+            # One step down the category's index, however large the store.
             row = self._connection().execute(
                 "SELECT position FROM events WHERE category = ? ORDER BY position DESC LIMIT 1",
                 (category,),
@@ -431,16 +453,27 @@ class EmbeddedSubscription(Subscription):
         self._after = after or 0
         self._category = category
         self._buffer: list[RecordedEvent] = []
+        self._covered = self._after  # what the buffer's last read covered
         self._closed = False
+
+    def _read(self) -> list[RecordedEvent]:
+        """The next page, newest first (pop() from the end is O(1))."""
+        events, self._covered = self._store.read_page(
+            after=self._after, category=self._category, limit=self.PAGE
+        )
+        events.reverse()
+        return events
+
+    @property
+    def position(self) -> int | None:
+        # Once the buffer is handed out, the last read's coverage is the consumer's too.
+        return self._after if self._buffer else max(self._after, self._covered)
 
     def get(self, timeout: float) -> RecordedEvent | None:
         deadline = time.monotonic() + timeout
         while not self._closed:
             if not self._buffer:
-                self._buffer = self._store.read_all(
-                    after=self._after, category=self._category, limit=self.PAGE
-                )
-                self._buffer.reverse()  # pop() from the end is O(1)
+                self._buffer = self._read()
             if self._buffer:
                 event = self._buffer.pop()
                 self._after = event.position
@@ -460,14 +493,11 @@ class EmbeddedSubscription(Subscription):
         while len(batch) < max_count:
             if not self._buffer:
                 try:
-                    self._buffer = self._store.read_all(
-                        after=self._after, category=self._category, limit=self.PAGE
-                    )
+                    self._buffer = self._read()
                 except UnreadableEvent:
                     break  # the events before it first; the next call raises it
                 if not self._buffer:
                     break
-                self._buffer.reverse()
             take = min(max_count - len(batch), len(self._buffer))
             chunk = self._buffer[-take:]
             del self._buffer[-take:]

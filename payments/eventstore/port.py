@@ -133,7 +133,7 @@ class Subscription(Closing):
     ``get`` waits at most ``timeout`` seconds and returns ``None`` when nothing came,
     so a caller can bound its batches by time and notice a stop request. Errors of
     the store surface from ``get`` (and iteration) as ``EventStoreUnavailable``.
-    Adapters implement ``get``, ``close`` and ``closed``.
+    Adapters implement ``get``, ``close``, ``closed`` and ``position``.
     """
 
     def get(self, timeout: float) -> RecordedEvent | None:
@@ -141,6 +141,17 @@ class Subscription(Closing):
 
     @property
     def closed(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def position(self) -> int | None:
+        """Every event of the category at or before this position has been returned.
+
+        At least the position of the last event ``get`` returned; further when the store
+        says it has looked past other categories' events (EventStoreDB's checkpoints, the
+        embedded store's head), so a runner can move its checkpoint past them and a
+        restart does not read them again. None before anything is known.
+        """
         raise NotImplementedError
 
     def get_many(self, max_count: int, timeout: float) -> list[RecordedEvent]:
@@ -197,7 +208,14 @@ class EventStore(Protocol):
         ...
 
     def head_position(self, *, category: str = "payments") -> int:
-        """The position of the category's last event, 0 when there is none."""
+        """A position at or after the category's last event (0: the store is empty).
+
+        A subscriber whose ``position`` reached it has seen every event of the category
+        committed before the call. The embedded store answers the category's last event;
+        EventStoreDB the last event of ``$all``, since finding the category's last event
+        there is a filtered scan of the whole log when the category is rare. Either way
+        it answers in constant time, on a store of any size.
+        """
         ...
 
     def close(self) -> None:
