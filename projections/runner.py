@@ -294,6 +294,7 @@ class ProjectionRunner:
             applied = len(batch) if poison is None else batch.index(poison.record)
             self.progress.applied += applied
             self.progress.position = last
+            self.progress.head = max(self.progress.head, last)  # the head read at start moves
             duration_ms = round((time.perf_counter() - started) * 1000, 1)
             if not batch:
                 logger.debug("projection %s: checkpoint moved to %d past other events",

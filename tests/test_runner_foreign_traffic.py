@@ -69,8 +69,10 @@ def busy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Busy]:
             store.close()
 
 
-def run_once(store: EventStore) -> None:
-    ProjectionRunner(PaymentProjection(), store).run(once=True)
+def run_once(store: EventStore) -> ProjectionRunner:
+    runner = ProjectionRunner(PaymentProjection(), store)
+    runner.run(once=True)
+    return runner
 
 
 def checkpoint() -> int:
@@ -81,9 +83,11 @@ def test_a_restart_does_not_read_other_categories_again(busy: Busy) -> None:
     payment = services.create_payment(amount="10.00", store=busy.store)
     last_foreign = busy.add_foreign(FOREIGN)
 
-    run_once(busy.store)
+    runner = run_once(busy.store)
 
     assert checkpoint() >= last_foreign  # past the other events, not parked at the payment
+    # The progress shown never reads "at position P of H" with P past H.
+    assert runner.progress.head >= runner.progress.position == checkpoint()
     late = services.authorize_payment(payment_id=payment.id, bank_name="Bank",
                                       store=busy.store)
     before = busy.considered()
