@@ -379,3 +379,18 @@ def test_an_any_append_is_idempotent_only_while_the_server_remembers_its_first_i
     assert again.version == first.version + 1  # a duplicate: the cache was lost
     assert [e.id for e in store.read_stream("payments-1")] == [exact.id, anywhere.id,
                                                                 anywhere.id]
+
+
+def test_a_subscription_is_live_once_the_server_says_its_history_is_done(double, store):
+    """Until then its batches wait (briefly) to fill; from then on a lone live event is
+    handed over at once."""
+    history = [store.append(f"payments-{n}", [event(n=n)], StreamState.NO_STREAM)
+               for n in range(3)]
+    with store.subscribe() as subscription:
+        assert not subscription.live
+        assert [e.position for e in subscription.get_many(1000, 5)] == [
+            r.position for r in history]
+        assert subscription.get(timeout=0.5) is None
+        assert subscription.live
+        late = store.append("payments-9", [event(n=9)], StreamState.NO_STREAM)
+        assert [e.position for e in subscription.get_many(1000, 5)] == [late.position]

@@ -47,6 +47,7 @@ from esdbclient import RecordedEvent as EsdbRecordedEvent
 from esdbclient import StreamState as EsdbStreamState
 from esdbclient.common import AbstractCatchupSubscription, GrpcOptions
 from esdbclient.connection_spec import URI_SCHEME_ESDB_DISCOVER, ConnectionSpec
+from esdbclient.events import CaughtUp as EsdbCaughtUp
 from esdbclient.events import Checkpoint as EsdbCheckpoint
 from esdbclient.exceptions import (
     AccessDeniedError,
@@ -82,6 +83,10 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 BUFFER = 1000  # events a subscription holds for its consumer: a runner's batch
+# Until the server says the subscription is live, a batch may wait this long to fill:
+# the reading thread hands over events a few at a time, and a catch-up committed in
+# batches of seven (one durable commit each) ran at a seventh of the embedded store's.
+CATCH_UP_LINGER = 0.05  # seconds
 
 # esdbclient's WrongCurrentVersion carries the actual revision only in its message.
 _ACTUAL_REVISION = re.compile(r"Stream position of last event is (\d+)")
@@ -595,6 +600,7 @@ class EventStoreDBEventStore(Closing):
                 filter_include=self._filter(category),
                 filter_by_stream_name=True,
                 include_checkpoints=True,  # become the subscription's position
+                include_caught_up=True,  # from then on, batches take only what is there
                 timeout=None,
             )
 
@@ -663,6 +669,7 @@ class _Checkpoint:
 
 
 _WAKE = object()  # queued by close() so a blocked get() returns at once
+_CAUGHT_UP = object()  # queued when the server says the history is done: live from here
 
 
 class EventStoreDBSubscription(Subscription):
@@ -701,6 +708,7 @@ class EventStoreDBSubscription(Subscription):
         self._start_error: EventStoreError | None = None
         self._error: EventStoreError | None = None
         self._timeout = timeout
+        self.live = False  # the server said the history is done (its "caught up")
         self.on_close: Callable[[EventStoreDBSubscription], None] | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"esdb-subscription {errors.target}", daemon=True
@@ -743,8 +751,11 @@ class EventStoreDBSubscription(Subscription):
                     if item.commit_position is not None:
                         self._put(_Checkpoint(item.commit_position))
                     continue
+                if isinstance(item, EsdbCaughtUp):
+                    self._put(_CAUGHT_UP)
+                    continue
                 if not _is_event(item):
-                    continue  # CaughtUp
+                    continue
                 event = _recorded(item)
                 if self._after is not None and event.position <= self._after:
                     continue
@@ -792,6 +803,9 @@ class EventStoreDBSubscription(Subscription):
             if isinstance(item, RecordedEvent):
                 self._position = item.position
                 return item
+            if item is _CAUGHT_UP:
+                self.live = True
+                continue
             if isinstance(item, _Checkpoint):
                 # Servers may repeat an older checkpoint: the position never goes back.
                 if self._position is None or item.position > self._position:
@@ -808,6 +822,22 @@ class EventStoreDBSubscription(Subscription):
     @property
     def position(self) -> int | None:
         return self._position
+
+    def get_many(self, max_count: int, timeout: float) -> list[RecordedEvent]:
+        """Up to ``max_count`` events: waits at most ``timeout`` for the first one; then,
+        while catching up, up to ``CATCH_UP_LINGER`` for the batch to fill, and once live
+        only takes what has already arrived (a lone live event is not held back)."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        fill_until = time.monotonic() + CATCH_UP_LINGER
+        while len(batch) < max_count:
+            following = self.get(0 if self.live else max(fill_until - time.monotonic(), 0))
+            if following is None:
+                break
+            batch.append(following)
+        return batch
 
     def close(self) -> None:
         """Stop the gRPC stream and the reading thread."""
