@@ -1,4 +1,5 @@
-"""Payment histories for the benchmarks, written straight into an embedded store file.
+"""Payment histories for the benchmarks, written straight into an embedded store file
+(or, through ``histories``, into the EventStoreDB double: ``bench/catchup.py``).
 
 Every history is made by the aggregate itself (so it is valid) and encoded by
 ``payments.events`` (so it is what the service would have stored). Of the payments,
@@ -57,15 +58,29 @@ def life_cycle(n: int, at: datetime) -> list[PaymentEvent]:
     return events
 
 
-def _rows(first: int, count: int, recorded_at: float) -> Iterator[tuple]:
-    """The ``events`` rows of payments ``first`` .. ``first + count - 1``, in order."""
+def histories(first: int, count: int) -> Iterator[tuple[str, int, str, bytes, bytes]]:
+    """The events of payments ``first`` .. ``first + count - 1``, in order, as any store
+    keeps them: (stream, version, type, data, metadata), encoded as the service does.
+    The embedded store's rows (``_rows``) and the EventStoreDB double's load
+    (``bench/catchup.py``) are both made from this."""
     for n in range(first, first + count):
         events = life_cycle(n, START + timedelta(seconds=n * 37))
         stream = stream_name(events[0].payment_id)
         metadata = encode_metadata(correlation_id=uuid4(), causation_id=uuid4())
         for version, event in enumerate(events):
-            yield (uuid4().bytes, stream, _category(stream), version, event.type_name,
-                   encode_data(event), metadata, recorded_at)
+            yield stream, version, event.type_name, encode_data(event), metadata
+
+
+def payments_for(events: int) -> int:
+    """How many payment histories make about ``events`` events."""
+    return math.ceil(events * 20 / EVENTS_PER_20_PAYMENTS)
+
+
+def _rows(first: int, count: int, recorded_at: float) -> Iterator[tuple]:
+    """The ``events`` rows of payments ``first`` .. ``first + count - 1``, in order."""
+    for stream, version, type_name, data, metadata in histories(first, count):
+        yield (uuid4().bytes, stream, _category(stream), version, type_name, data, metadata,
+               recorded_at)
 
 
 def write_payments(path: Path, *, payments: int | None = None,
@@ -79,7 +94,7 @@ def write_payments(path: Path, *, payments: int | None = None,
     if (payments is None) == (events is None):
         raise ValueError("give payments or events")
     if payments is None:
-        payments = math.ceil(events * 20 / EVENTS_PER_20_PAYMENTS)
+        payments = payments_for(events)
     if path.exists():
         raise FileExistsError(f"{path} exists: the bulk load writes a new store only")
     connection = sqlite3.connect(path, isolation_level=None)

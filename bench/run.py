@@ -6,7 +6,9 @@
 Runs, each in a fresh process of its own (its own settings and throw-away folder
 under ``var/``): the command path (``commands.py``), the projection rebuild and
 live latency (``rebuild.py``), HTTP under gunicorn (``http_load.py``), and the
-scale point (``scale.py``) at a small size and at a million payments. Then prints
+scale point (``scale.py``) at a small size and at a million payments, and the
+catch-up of a million events from the EventStoreDB double against one of ten
+thousand and against the embedded store (``catchup.py``). Then prints
 one table: each figure, the baseline it is compared with (measured in the same
 run), their ratio, the target from the issues and whether it is met. ``--write``
 (the default for the full run) puts the table into ``docs/BENCHMARKS.md`` between
@@ -43,12 +45,15 @@ PHASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "commands": ("commands", {"payments": 2000, "rounds": 3}, {"payments": 200, "rounds": 1}),
     "rebuild": ("rebuild", {"events": 100_000, "baseline_events": 5_000, "live": 300},
                 {"events": 5_000, "baseline_events": 500, "live": 30}),
-    "http": ("http_load", {"seconds": 10.0, "clients": 16},
-             {"seconds": 2.0, "clients": 16, "in_process_payments": 200}),
+    "http": ("http_load", {"seconds": 10.0, "clients": 16, "contended_rounds": 5},
+             {"seconds": 2.0, "clients": 16, "in_process_payments": 200,
+              "contended_rounds": 1}),
     "scale_small": ("scale", {"payments": 10_000, "requests": 200, "budget": 30.0},
                     {"payments": 2_000, "requests": 30, "budget": 3.0}),
     "scale": ("scale", {"payments": 1_000_000, "requests": 200, "budget": 45.0},
               {"payments": 20_000, "requests": 30, "budget": 5.0}),
+    "catchup": ("catchup", {"events": 1_000_000, "small": 10_000},
+                {"events": 20_000, "small": 2_000}),
 }
 REQUEST_P99_TARGET = 0.100  # s: issue 4's bound; the issues give none for the scale point
 
@@ -66,8 +71,10 @@ class Unit:
 
 
 PER_SECOND = {kind: Unit(f"{kind}/s", 1, 0) for kind in ("commands", "events", "requests")}
+SETTLES = Unit("settles", 1, 0)
 MS = Unit("ms", 1000, 1)
 SECONDS = Unit("s", 1, 1)
+MIB = Unit("MiB", 1 / 2**20, 1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,10 @@ def ratio_at_least(bound: float) -> Callable[[float, float], bool]:
     return lambda figure, ratio: ratio >= bound
 
 
+def ratio_at_most(bound: float) -> Callable[[float, float], bool]:
+    return lambda figure, ratio: ratio <= bound
+
+
 def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
     """The table's rows from each phase's figures (None: the phase failed)."""
 
@@ -165,6 +176,13 @@ def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
             get(http, "reads_rate"), PER_SECOND["requests"],
             "find_payment in-process, 1 client", get(http, "find_rate"),
             ">= 800 requests/s", at_least(800)),
+        Row("HTTP settles on one payment, 16 clients at once: accepted",
+            get(http, "contended_accepted"), SETTLES,
+            "settles sent, all allowed by the balance", get(http, "contended_sent"),
+            "ratio >= 0.99", ratio_at_least(0.99)),
+        Row("HTTP settles on one payment, p99",
+            get(http, "contended_p99"), MS, "HTTP commands, p99 (uncontended)",
+            get(http, "commands_p99"), "ratio <= 3", ratio_at_most(3)),
         Row(f"scale: rebuild {size}, one process each",
             get("scale", "rebuild_rate"), PER_SECOND["events"],
             f"the same, {small_size}", get("scale_small", "rebuild_rate"),
@@ -187,6 +205,22 @@ def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
             f"the same, {small_size}", get("scale_small", f"{key}_p99"),
             "< 100 ms", at_most(REQUEST_P99_TARGET),
         ))
+    catchup = results.get("catchup") or {}
+    caught_up = f"{catchup['events']:,} events" if catchup else "the large catch-up"
+    small_catchup = f"{catchup['small_events']:,} events" if catchup else "the small one"
+    table += [
+        Row(f"catch-up of {caught_up} from the EventStoreDB double: runner's peak RSS",
+            get("catchup", "large_peak_rss"), MIB, f"the same, {small_catchup}",
+            get("catchup", "small_peak_rss"), "ratio <= 1.2", ratio_at_most(1.2)),
+        Row(f"catch-up of {caught_up} from the EventStoreDB double",
+            get("catchup", "large_rate"), PER_SECOND["events"],
+            "esdbclient alone reading the same double", get("catchup", "raw_rate"),
+            "reference: the runner's share of what the double serves", None),
+        Row(f"catch-up of {caught_up} from the EventStoreDB double",
+            get("catchup", "large_rate"), PER_SECOND["events"],
+            "the same command on the embedded store", get("catchup", "embedded_rate"),
+            "reference: the double is Python, not EventStoreDB", None),
+    ]
     return table
 
 
@@ -259,6 +293,9 @@ def main() -> None:
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="write the table into the document (default: on unless --quick)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the document to write into")
+    parser.add_argument("--catchup-events", type=int, default=None,
+                        help="events of the EventStoreDB catch-up (default: 1,000,000;"
+                             " 20,000 quick)")
     parser.add_argument("--payments", type=int, default=None,
                         help="payments at the scale point (default: 1,000,000; 20,000 quick)")
     args = parser.parse_args()
@@ -271,6 +308,8 @@ def main() -> None:
         arguments = dict(quick if args.quick else full)
         if name == "scale" and args.payments is not None:
             arguments["payments"] = args.payments
+        if name == "catchup" and args.catchup_events is not None:
+            arguments["events"] = args.catchup_events
         phase_started = time.perf_counter()
         results[name] = run_phase(name, module, arguments)
         seconds[name] = time.perf_counter() - phase_started
@@ -278,7 +317,8 @@ def main() -> None:
 
     table = rows(results)
     command = "bench/run.py" + (" --quick" if args.quick else "") + (
-        f" --payments {args.payments}" if args.payments is not None else "")
+        f" --payments {args.payments}" if args.payments is not None else "") + (
+        f" --catchup-events {args.catchup_events}" if args.catchup_events is not None else "")
     timings = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
     samples = ", ".join(
         f"{key} {figures[f'{key}_samples']}"

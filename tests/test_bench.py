@@ -26,12 +26,17 @@ ROWS = [
     r"HTTP commands, 16 clients",
     r"HTTP commands, p99",
     r"HTTP GET /api/payments/\{id\}/",
+    r"HTTP settles on one payment, 16 clients at once: accepted",
+    r"HTTP settles on one payment, p99",
     r"scale: rebuild [\d,]+ payments, one process each",
     r"scale: rebuild [\d,]+ payments, wall time",
     r"scale: GET /api/payments/\?status=settled, [\d,]+ payments, p99",
     r"scale: GET /api/payments/\?status=settled&bank_name=…, [\d,]+ payments, p99",
     r"scale: admin payment list, [\d,]+ payments, p99",
     r"scale: admin payment list \?status__exact=settled, [\d,]+ payments, p99",
+    r"catch-up of [\d,]+ events from the EventStoreDB double: runner's peak RSS",
+    r"catch-up of [\d,]+ events from the EventStoreDB double(?!:)",
+    r"catch-up of [\d,]+ events from the EventStoreDB double(?!:)",
 ]
 NUMBER = re.compile(r"\d[\d,]*(\.\d+)?")
 
