@@ -250,6 +250,33 @@ def test_racing_another_process_ends_at_the_deadline(
     assert settled_amounts(one, payment_id) == ["0.01"] * beaten.appends
 
 
+def test_a_store_that_lost_a_race_forgets_the_state_it_remembered(
+    settings, two_views: tuple[EmbeddedEventStore, EmbeddedEventStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 16: the service remembers, per store, the state of the payments it commanded
+    last. Once another process has appended, that memory is stale: the lost race must
+    drop it, or the command (and every later one on that payment through this store)
+    decides on the stale state again and again until its deadline."""
+    settings.COMMAND_DEADLINE = 0.5  # the bug ends in a conflict after it: fail fast
+    one, other = two_views
+    payment_id = authorized(one, "100.00")  # `one` remembers the payment at version 1
+    services.settle_payment(payment_id=payment_id, amount="10.00", store=other)  # version 2
+    caplog.set_level(logging.INFO, logger="payments")
+
+    settled = services.settle_payment(payment_id=payment_id, amount="20.00", store=one)
+
+    assert lost_races(caplog) == 1  # decided once on what it remembered, then on the store
+    assert (settled.status, settled.version, settled.settled_amount) == (
+        PaymentStatus.PARTIALLY_SETTLED, 3, Decimal("30.00"))
+    # What `one` remembers now is current: the next command goes through at once.
+    refunded = services.refund_payment(payment_id=payment_id, amount="5.00", store=one)
+    assert (refunded.status, refunded.version, refunded.refunded_amount) == (
+        PaymentStatus.PARTIALLY_REFUNDED, 4, Decimal("5.00"))
+    assert lost_races(caplog) == 1
+    assert settled_amounts(other, payment_id) == ["10.00", "20.00"]
+
+
 @pytest.mark.usefixtures("generous_deadline")
 def test_an_expected_version_that_loses_a_race_is_refused_not_decided_again(
     two_views: tuple[EmbeddedEventStore, EmbeddedEventStore],

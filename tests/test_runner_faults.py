@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -24,14 +25,17 @@ from uuid import uuid4
 
 import pytest
 from django.conf import settings
+from django.db import DatabaseError, connection
 
 from payments import services
+from payments.eventstore import get_event_store
 from payments.eventstore.embedded import EmbeddedEventStore
 from payments.eventstore.esdb import EventStoreDBEventStore
-from projections.models import DeclineView
+from projections.models import Checkpoint, DeclineView
 from projections.projectors import DeclineProjection
 from projections.runner import Progress, ProjectionRunner
 from tests.esdb_double import EventStoreDBDouble
+from tests.test_runner import decline_rows, decline_some, declines_in_the_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,6 +214,67 @@ def test_sigkill_at_any_point_of_a_catch_up_loses_and_repeats_nothing(
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert site.snapshot() == reference.snapshot()
     assert site.declines_counted() == declines
+
+
+# --- the same, deterministically: the checkpoint's move fails inside the batch ---------------
+
+
+@contextmanager
+def checkpoint_moves_refused(name: str, past: int) -> Iterator[None]:
+    """A trigger in the read models' database refuses to move ``name``'s checkpoint past
+    ``past``: the batch's transaction fails at the checkpoint, as it would if the process
+    died or the database went away at that statement."""
+    refuse = "the checkpoint may not move (a fault injected by the test)"
+    when = f"NEW.name = '{name}' AND NEW.position > {int(past)}"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("CREATE FUNCTION refuse_checkpoint_move() RETURNS trigger"
+                           f" LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{refuse}'; END $$")
+            cursor.execute("CREATE TRIGGER refuse_checkpoint_move BEFORE UPDATE ON"
+                           f" projections_checkpoint FOR EACH ROW WHEN ({when})"
+                           " EXECUTE FUNCTION refuse_checkpoint_move()")
+        else:
+            cursor.execute("CREATE TRIGGER refuse_checkpoint_move BEFORE UPDATE ON"
+                           f" projections_checkpoint WHEN {when}"
+                           f" BEGIN SELECT RAISE(ABORT, '{refuse}'); END")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP TRIGGER refuse_checkpoint_move ON projections_checkpoint")
+                cursor.execute("DROP FUNCTION refuse_checkpoint_move()")
+            else:
+                cursor.execute("DROP TRIGGER refuse_checkpoint_move")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_checkpoint_cannot_move_is_not_kept_and_is_counted_once_later() -> None:
+    """Issue 16: exactly once, without the SIGKILL test's timing. The batch and the
+    checkpoint are one transaction, so when the checkpoint's move fails, the batch's
+    counts are not kept either; the next run applies the batch once. (Were the
+    checkpoint moved in a transaction of its own after the read model's, the counts
+    would stay while the checkpoint did not move, and the next run would count again.)"""
+    decline_some("05 51", bank="Bank A")
+    ProjectionRunner(DeclineProjection(), get_event_store()).run(once=True)
+    before = decline_rows()
+    checkpoint = Checkpoint.objects.get(name="decline").position
+    assert before == declines_in_the_store()
+    # One batch that adds to an existing row and creates new ones.
+    decline_some("05 05 N7", bank="Bank A")
+    decline_some("51", bank="Bank B")
+
+    with checkpoint_moves_refused("decline", past=checkpoint), \
+            pytest.raises(DatabaseError, match="the checkpoint may not move"):
+        ProjectionRunner(DeclineProjection(), get_event_store()).run(once=True)
+
+    assert decline_rows() == before  # no part of the batch was kept
+    assert Checkpoint.objects.get(name="decline").position == checkpoint
+    # A runner that then runs normally applies the batch, once.
+    ProjectionRunner(DeclineProjection(), get_event_store()).run(once=True)
+    assert decline_rows() == declines_in_the_store()
+    assert sum(decline_rows().values()) == 6
+    assert Checkpoint.objects.get(name="decline").position == get_event_store().head_position()
 
 
 @pytest.mark.timeout(300)
