@@ -47,7 +47,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
@@ -649,7 +648,24 @@ class _Gossip(gossip_pb2_grpc.GossipServicer):
         return gossip_pb2.ClusterInfo(members=[member])
 
 
-class EventStoreDBDouble:
+class _Serving:
+    """``with server:`` serves for the block and stops at its end."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class EventStoreDBDouble(_Serving):
     """An in-process, in-memory EventStoreDB protocol double on 127.0.0.1.
 
     ``idempotent_position=False`` makes a repeated (idempotent) append answer
@@ -760,17 +776,6 @@ class EventStoreDBDouble:
             self._log.remembered.clear()
         self.start()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class SilenceableLink(Closing):
@@ -958,7 +963,7 @@ class _ClusterNode(EventStoreDBDouble):
         self._gossip = _NodeGossip(cluster, index)
 
 
-class EventStoreDBCluster:
+class EventStoreDBCluster(_Serving):
     """Three (``size``) in-process EventStoreDB nodes on one log, one leader at a time.
 
     What a real cluster does, as read in EventStoreDB 24.10's source
@@ -1143,14 +1148,3 @@ class EventStoreDBCluster:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
