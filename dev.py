@@ -3,6 +3,7 @@
 
     python3 dev.py run    # virtualenv, dependencies, .env, migrations, a login; then serve
     python3 dev.py test   # the same set-up with the test tools; ruff, then pytest
+    python3 dev.py mutate [files]  # mutation testing of the core (docs/TESTING.md)
 
 `test` runs the whole suite on SQLite, then the read-model suites (projections,
 runners, admin, API, pages) again on a throwaway PostgreSQL server it starts from
@@ -242,12 +243,57 @@ def test(pytest_args: list[str]) -> None:
     postgres_run(env)
 
 
+MUTANTS = ROOT / "mutants"
+TESTING_DOC = ROOT / "docs" / "TESTING.md"
+
+
+def mutate(files: list[str]) -> None:
+    """mutmut on the files of pyproject's [tool.mutmut] only_mutate (or some of them).
+
+    A fresh run each time (mutants/ is removed first), so the score is the whole file's.
+    Prints killed / total per file and every mutant that was not killed; fails if one of
+    them is not listed in docs/TESTING.md (as equivalent, with the reason).
+    """
+    ensure_venv("requirements-dev.txt")
+    env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "tests-only-not-a-secret",
+           "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db-mutate.sqlite3'}"}
+    # payments/domain.py -> payments.domain.* (mutmut's names for that file's mutants)
+    patterns = [Path(f).with_suffix("").as_posix().replace("/", ".") + ".*" for f in files]
+    shutil.rmtree(MUTANTS, ignore_errors=True)
+    started = time.monotonic()
+    sh(VENV / "bin" / "mutmut", "run", *patterns, env=env)
+    took = time.monotonic() - started
+    listed = subprocess.run([VENV / "bin" / "mutmut", "results", "--all", "true"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, check=True).stdout
+    by_file: dict[str, dict[str, str]] = {}
+    for line in listed.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name and status != "not checked":  # another file's, not run this time
+            by_file.setdefault(name.split(".x")[0], {})[name] = status
+    documented = TESTING_DOC.read_text() if TESTING_DOC.exists() else ""
+    undocumented = 0
+    print(f"\n== mutation score ({took:.0f} s) ==")
+    for module, statuses in sorted(by_file.items()):
+        killed = sum(s == "killed" for s in statuses.values())
+        print(f"{module.replace('.', '/')}.py: {killed} / {len(statuses)} killed")
+        for name, status in statuses.items():
+            if status != "killed":
+                known = name in documented
+                undocumented += not known
+                print(f"    {name}: {status}{'' if known else '  (not in docs/TESTING.md)'}")
+    if undocumented:
+        sys.exit(f"{undocumented} mutants survived that docs/TESTING.md does not list"
+                 " (mutmut show <name>; kill it with a test, or list it as equivalent)")
+
+
 def main() -> None:
     command, *rest = sys.argv[1:] or ["run"]
     if command == "run":
         run()
     elif command == "test":
         test(rest)
+    elif command == "mutate":
+        mutate(rest)
     else:
         sys.exit(__doc__)
 

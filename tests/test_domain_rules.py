@@ -27,13 +27,19 @@ from hypothesis import strategies as st
 
 from payments.domain import (
     AmountExceedsBalance,
+    HistoryError,
     InvalidInput,
+    LimitReached,
     Payment,
     PaymentError,
     TransitionNotAllowed,
     apply,
     create_payment,
     fold,
+    parse_amount,
+    parse_bank_name,
+    parse_currency,
+    parse_decline_code,
 )
 from payments.events import (
     PaymentAuthorized,
@@ -331,3 +337,265 @@ def test_balances_and_status_follow_an_independent_model_of_the_rules(
     assert fold(events) == payment
     assert payment.version == len(events) - 1
     reached.report()
+
+
+# --- what the mutation run found (docs/TESTING.md) ----------------------------------------
+#
+# ``python3 dev.py mutate`` changed domain.py one small edit at a time; each test below
+# fails on an edit that the tests above let through. They state the rules exactly: the
+# whole refusal (field and words: "each refusal reads the same everywhere", and the API
+# shows the field), every field of every event, and every field of the state.
+
+PLAIN = ('is not a plain decimal such as "12.50" (digits and at most one point; no sign,'
+         " exponent, spaces or separators)")
+
+
+def refusal(parse, *args, **kwargs) -> tuple[str, str]:
+    """(field, message) of the InvalidInput that ``parse`` raises; its text is both."""
+    with pytest.raises(InvalidInput) as refused:
+        parse(*args, **kwargs)
+    error = refused.value
+    assert str(error) == f"{error.field}: {error.message}"
+    return error.field, error.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (0.1, 'must be a decimal string such as "12.50", not a float'),
+        (True, f"True {PLAIN}"),
+        ("1" * 41, "must be at most 999,999,999,999.99"),
+        ("-5", "must be greater than 0"),
+        ("1e2", f"'1e2' {PLAIN}"),
+        ("1.001", "must have at most 2 decimal places"),
+        (Decimal("NaN"), "Decimal('NaN') is not a finite number"),
+        (Decimal("-Infinity"), "Decimal('-Infinity') is not a finite number"),
+        ([], f"list {PLAIN}"),
+        (None, f"NoneType {PLAIN}"),
+        ("0.00", "must be greater than 0"),
+        (0, "must be greater than 0"),
+        (Decimal("1000000000000"), "must be at most 999,999,999,999.99"),
+        (Decimal("1.001"), "must have at most 2 decimal places"),
+    ],
+    ids=["float", "bool", "41 characters", "negative", "exponent", "3 places", "NaN",
+         "-Infinity", "list", "None", "zero", "int zero", "Decimal too big",
+         "Decimal 3 places"],
+)
+def test_an_amount_is_refused_with_its_field_and_the_whole_reason(raw, message) -> None:
+    assert refusal(parse_amount, raw) == ("amount", message)
+    assert refusal(parse_amount, raw, field="settle_amount") == ("settle_amount", message)
+
+
+def test_an_amount_of_forty_characters_is_still_read() -> None:
+    """Over 40 characters is refused unread; 40 that make a valid amount are fine."""
+    assert parse_amount("0" * 36 + "1.00") == Decimal("1.00")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (None, "must be a three-letter ISO 4217 code such as EUR"),
+        (978, "must be a three-letter ISO 4217 code such as EUR"),
+        ("EURO", "must be a three-letter ISO 4217 code such as EUR"),
+        ("xyz", "XYZ is not an ISO 4217 currency code"),
+    ],
+)
+def test_a_currency_is_refused_with_its_field_and_the_whole_reason(raw, message) -> None:
+    assert refusal(parse_currency, raw) == ("currency", message)
+
+
+@pytest.mark.parametrize("raw", [None, 5, "12345", "0-5", ""])
+def test_a_decline_code_is_refused_with_its_field_and_the_whole_reason(raw) -> None:
+    assert refusal(parse_decline_code, raw) == (
+        "decline_code", "must be 1 to 4 letters or digits, such as 05 or N7")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (None, "must be text"),
+        (42, "must be text"),
+        ("   ", "must not be empty"),
+        ("x" * 101, "must be at most 100 characters"),
+        ("Acme\x00Bank", "must not contain NUL (U+0000)"),
+        ("Acme\u202eBank", "must not contain invisible format characters such as direction"
+                           " overrides (found U+202E)"),
+        # Far too long, even if trimming would leave little: refused without a scan.
+        (" " * 1000 + "a", "must be at most 100 characters"),
+    ],
+    ids=["None", "int", "blank", "101 characters", "NUL", "bidi override", "1001 characters"],
+)
+def test_a_bank_name_is_refused_with_its_field_and_the_whole_reason(raw, message) -> None:
+    assert refusal(parse_bank_name, raw) == ("bank_name", message)
+
+
+def test_a_bank_name_is_counted_after_trimming_and_may_have_100_characters() -> None:
+    assert parse_bank_name("x" * 100) == "x" * 100
+    assert parse_bank_name(" " * 999 + "a") == "a"  # 1,000 characters: scanned, trimmed
+
+
+def test_each_refusal_carries_the_status_and_action_it_is_about() -> None:
+    settled = reach(("authorize", "settle 60.00"))
+    with pytest.raises(TransitionNotAllowed) as refused:
+        settled.decline(bank_name="Acme Bank", decline_code="05", occurred_at=T0)
+    assert (refused.value.status, refused.value.action) == ("partially_settled", "decline")
+    with pytest.raises(AmountExceedsBalance) as too_much:
+        settled.settle(amount=Decimal("60.00"), occurred_at=T0)
+    assert (too_much.value.status, too_much.value.action) == ("partially_settled", "settle")
+    assert str(too_much.value) == (
+        "cannot settle 60.00: only 40.00 is left to settle on a payment that is"
+        " partially_settled")
+    with pytest.raises(AmountExceedsBalance) as too_much:
+        settled.refund(amount=Decimal("60.01"), occurred_at=T0)
+    assert (too_much.value.status, too_much.value.action) == ("partially_settled", "refund")
+    assert str(too_much.value) == (
+        "cannot refund 60.01: only 60.00 is left to refund on a payment that is"
+        " partially_settled")
+
+
+# The limits (DECISIONS.md): at most 100 settlements and 100 refunds per payment.
+
+def cents_at_a_time(payment: Payment, action: str, times: int) -> Payment:
+    for _ in range(times):
+        payment = apply(payment, command(payment, action, "0.01", T0), payment.version + 1)
+    return payment
+
+
+def test_a_payment_takes_100_settlements_and_no_more() -> None:
+    payment = cents_at_a_time(reach(("authorize",)), "settle", 99)
+    assert payment.settlements == 99
+    payment = cents_at_a_time(payment, "settle", 1)  # the 100th
+    assert (payment.settlements, payment.settled_amount) == (100, Decimal("1.00"))
+    with pytest.raises(LimitReached) as refused:
+        payment.settle(occurred_at=T0)
+    error = refused.value
+    assert (error.status, error.action, error.limit) == ("partially_settled", "settle", 100)
+    assert str(error) == (
+        "cannot settle this payment again: it has 100 settlements, the most one payment may"
+        " have; settle what is left in one go")
+    payment.refund(occurred_at=T0)  # refunds are still allowed
+
+
+def test_a_payment_takes_100_refunds_and_no_more() -> None:
+    payment = cents_at_a_time(reach(("authorize", "settle")), "refund", 100)
+    assert (payment.refunds, payment.refunded_amount) == (100, Decimal("1.00"))
+    with pytest.raises(LimitReached) as refused:
+        payment.refund(amount=Decimal("0.01"), occurred_at=T0)
+    error = refused.value
+    assert (error.status, error.action, error.limit) == ("partially_refunded", "refund", 100)
+    assert str(error) == (
+        "cannot refund this payment again: it has 100 refunds, the most one payment may"
+        " have; refund what is left in one go")
+
+
+# Every field of every event a command decides, and of the state each event gives.
+
+T1, T2, T3, T4 = (T0 + timedelta(hours=n) for n in range(1, 5))
+
+
+def test_each_event_carries_its_payment_time_and_a_new_id_and_the_state_follows() -> None:
+    payment_id = uuid4()
+    created = create_payment(payment_id=payment_id, amount="100.00", currency=" eur ",
+                             occurred_at=T0)
+    assert (created.payment_id, created.amount, created.currency, created.occurred_at) == (
+        payment_id, Decimal("100.00"), "EUR", T0)
+    with pytest.raises(InvalidInput):
+        create_payment(payment_id=payment_id, amount="1.00", currency="XYZ", occurred_at=T0)
+    pending = apply(None, created, 0)
+    assert pending == Payment(id=payment_id, status="pending", amount=Decimal("100.00"),
+                              currency="EUR", created_at=T0, updated_at=T0, version=0)
+
+    authorized_event = pending.authorize(bank_name="  Acme Bank ", occurred_at=T1)
+    again = pending.authorize(bank_name="Acme Bank", occurred_at=T1)
+    assert (authorized_event.payment_id, authorized_event.bank_name,
+            authorized_event.occurred_at) == (payment_id, "Acme Bank", T1)
+    assert authorized_event.authorization_id != again.authorization_id
+    authorized = apply(pending, authorized_event, 1)
+    assert (authorized.status, authorized.bank_name, authorized.created_at,
+            authorized.updated_at, authorized.version) == ("authorized", "Acme Bank", T0, T1, 1)
+
+    # A settle is by the authorizing bank unless it names another.
+    by_default = authorized.settle(amount=Decimal("10.00"), occurred_at=T2)
+    named = authorized.settle(amount=Decimal("10.00"), bank_name=" Other Bank ", occurred_at=T2)
+    assert (by_default.payment_id, by_default.bank_name, by_default.amount,
+            by_default.occurred_at) == (payment_id, "Acme Bank", Decimal("10.00"), T2)
+    assert named.bank_name == "Other Bank"
+    assert by_default.settlement_id != named.settlement_id
+    with pytest.raises(InvalidInput):
+        authorized.settle(bank_name="   ", occurred_at=T2)
+    settled_once = apply(authorized, named, 2)
+    assert (settled_once.status, settled_once.settled_amount, settled_once.settlements,
+            settled_once.bank_name, settled_once.updated_at, settled_once.version) == (
+        "partially_settled", Decimal("10.00"), 1, "Other Bank", T2, 2)
+    # A settlement that names no bank keeps the one the payment has.
+    unnamed = PaymentSettled(payment_id=payment_id, occurred_at=T3, bank_name="",
+                             amount=Decimal("90.00"), settlement_id=uuid4())
+    settled = apply(settled_once, unnamed, 3)
+    assert (settled.status, settled.settled_amount, settled.settlements, settled.bank_name,
+            settled.updated_at) == ("settled", Decimal("100.00"), 2, "Other Bank", T3)
+
+    refund = settled.refund(amount=Decimal("30.00"), occurred_at=T4)
+    other = settled.refund(amount=Decimal("30.00"), occurred_at=T4)
+    assert (refund.payment_id, refund.amount, refund.occurred_at) == (
+        payment_id, Decimal("30.00"), T4)
+    assert refund.refund_id != other.refund_id
+    refunded = apply(settled, refund, 4)
+    assert (refunded.status, refunded.refunded_amount, refunded.refunds, refunded.updated_at,
+            refunded.created_at, refunded.version) == (
+        "partially_refunded", Decimal("30.00"), 1, T4, T0, 4)
+    refunded = apply(refunded, settled.refund(amount=Decimal("70.00"), occurred_at=T4), 5)
+    assert (refunded.status, refunded.refunds) == ("refunded", 2)
+
+
+def test_a_decline_carries_the_bank_and_code_and_the_state_keeps_them() -> None:
+    authorized = reach(("authorize",))
+    declined_event = authorized.decline(bank_name=" Other Bank ", decline_code=" n7 ",
+                                        occurred_at=T2)
+    again = authorized.decline(bank_name="Other Bank", decline_code="N7", occurred_at=T2)
+    assert (declined_event.payment_id, declined_event.bank_name, declined_event.decline_code,
+            declined_event.occurred_at) == (authorized.id, "Other Bank", "N7", T2)
+    assert declined_event.decline_id != again.decline_id
+    declined = apply(authorized, declined_event, 2)
+    assert (declined.status, declined.bank_name, declined.decline_code, declined.updated_at,
+            declined.version) == ("declined", "Other Bank", "N7", T2, 2)
+
+
+def test_a_settle_with_no_bank_known_names_none() -> None:
+    """A history whose authorization named no bank (a foreign or old stream)."""
+    payment = fold([
+        create_payment(payment_id=uuid4(), amount="5.00", currency="EUR", occurred_at=T0),
+        PaymentAuthorized(payment_id=uuid4(), occurred_at=T1, bank_name="",
+                          authorization_id=uuid4()),
+    ])
+    assert payment is not None
+    assert payment.settle(occurred_at=T2).bank_name == ""
+
+
+@dataclass(frozen=True)
+class PaymentDisputed(PaymentEvent):
+    """An event the aggregate does not know (a newer or foreign producer's)."""
+
+
+def test_a_history_that_cannot_be_folded_says_why() -> None:
+    payment_id = uuid4()
+    created = create_payment(payment_id=payment_id, amount="5.00", currency="EUR",
+                             occurred_at=T0)
+    with pytest.raises(HistoryError) as refused:
+        fold([created, created])
+    assert str(refused.value) == f"payment {payment_id} is created twice"
+    settled = PaymentSettled(payment_id=payment_id, occurred_at=T0, bank_name="B",
+                             amount=Decimal("1.00"), settlement_id=uuid4())
+    with pytest.raises(HistoryError) as refused:
+        fold([settled])
+    assert str(refused.value) == "PaymentSettled before PaymentCreated"
+    with pytest.raises(HistoryError) as refused:
+        fold([created, PaymentDisputed(payment_id=payment_id, occurred_at=T1)])
+    assert str(refused.value) == "unknown event PaymentDisputed"
+
+
+def test_the_state_has_the_version_its_last_event_was_read_at_even_the_first() -> None:
+    """The version is the stream's, not a count: a stream need not start at 0 (an
+    EventStoreDB stream deleted and written again goes on numbering)."""
+    created = create_payment(payment_id=uuid4(), amount="5.00", currency="EUR",
+                             occurred_at=T0)
+    assert apply(None, created, 7).version == 7
