@@ -823,21 +823,10 @@ class EventStoreDBSubscription(Subscription):
     def position(self) -> int | None:
         return self._position
 
-    def get_many(self, max_count: int, timeout: float) -> list[RecordedEvent]:
-        """Up to ``max_count`` events: waits at most ``timeout`` for the first one; then,
-        while catching up, up to ``CATCH_UP_LINGER`` for the batch to fill, and once live
-        only takes what has already arrived (a lone live event is not held back)."""
-        first = self.get(timeout)
-        if first is None:
-            return []
-        batch = [first]
-        fill_until = time.monotonic() + CATCH_UP_LINGER
-        while len(batch) < max_count:
-            following = self.get(0 if self.live else max(fill_until - time.monotonic(), 0))
-            if following is None:
-                break
-            batch.append(following)
-        return batch
+    def fill_wait(self, started: float) -> float:
+        """While catching up, a batch may wait up to ``CATCH_UP_LINGER`` to fill; once
+        live, it takes only what has already arrived (a lone live event is not held)."""
+        return 0.0 if self.live else max(started + CATCH_UP_LINGER - time.monotonic(), 0.0)
 
     def close(self) -> None:
         """Stop the gRPC stream and the reading thread."""

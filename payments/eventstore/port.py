@@ -14,6 +14,7 @@ last applied event resumes exactly at the next one.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,20 +157,26 @@ class Subscription(Closing):
 
     def get_many(self, max_count: int, timeout: float) -> list[RecordedEvent]:
         """Up to ``max_count`` events: waits at most ``timeout`` for the first one, then
-        takes only what is already there (so a batch never waits on a slow trickle)."""
+        only as long as ``fill_wait`` says (by default not at all: a batch takes what is
+        already there and never waits on a slow trickle)."""
         first = self.get(timeout)
         if first is None:
             return []
         batch = [first]
+        started = time.monotonic()
         while len(batch) < max_count:
             try:
-                following = self.get(0)
+                following = self.get(self.fill_wait(started))
             except UnreadableEvent:
                 break  # the events before it first; the next call raises it
             if following is None:
                 break
             batch.append(following)
         return batch
+
+    def fill_wait(self, started: float) -> float:
+        """Seconds a batch begun at ``started`` (monotonic) may still wait for more."""
+        return 0.0
 
     def __iter__(self) -> Iterator[RecordedEvent]:
         """Every event, waiting for live ones, until closed."""
