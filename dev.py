@@ -40,10 +40,10 @@ LOGIN_FILE = ROOT / "var" / "login.txt"
 ADMIN_USER = "admin"
 
 
-def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
+def sh(*args: str | Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
     """Run a command, echoing it; stop with its exit code if it fails."""
     print("+", " ".join(str(a) for a in args), flush=True)
-    completed = subprocess.run([str(a) for a in args], cwd=ROOT, env=env)
+    completed = subprocess.run([str(a) for a in args], cwd=cwd, env=env)
     if completed.returncode != 0:
         sys.exit(completed.returncode)
 
@@ -243,47 +243,94 @@ def test(pytest_args: list[str]) -> None:
     postgres_run(env)
 
 
-MUTANTS = ROOT / "mutants"
 TESTING_DOC = ROOT / "docs" / "TESTING.md"
+MUTATE_DIR = ROOT / "var" / "mutate"
+# What a mutation run's working folder holds besides its own pyproject.toml: the project's
+# files, linked (mutmut copies what it needs into its own mutants/ folder there).
+NOT_LINKED = {".git", ".venv", "var", "mutants", "pyproject.toml", ".hypothesis",
+              ".pytest_cache", ".ruff_cache", "__pycache__"}
+
+
+def mutation_groups() -> dict[str, list[str]]:
+    """pyproject's [tool.dev.mutate]: each core file and the fast tests it is mutated with."""
+    import tomllib  # 3.11+, checked by ensure_venv before this runs
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dev"]["mutate"]
+
+
+def mutation_workdir(file: str, tests: list[str]) -> Path:
+    """A folder where mutmut sees a pyproject that mutates `file` with `tests` alone.
+
+    mutmut 3 reads one test selection for every file it mutates, so each file gets a run
+    of its own, in var/mutate/<file>/: links to the project and a copy of pyproject.toml
+    whose [tool.mutmut] names that file and those tests. mutmut's own mutants/ folder
+    (and its results, for `mutmut show`) stay there until the next run of that file.
+    """
+    import tomllib
+
+    folder = MUTATE_DIR / Path(file).with_suffix("").as_posix().replace("/", ".")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for entry in ROOT.iterdir():
+        if entry.name not in NOT_LINKED:
+            (folder / entry.name).symlink_to(entry)
+    text = (ROOT / "pyproject.toml").read_text()
+    header = "[tool.mutmut]\n"
+    if text.count(header) != 1:
+        sys.exit("pyproject.toml needs one [tool.mutmut] table (its settings for every file)")
+    text = text.replace(header, f"{header}only_mutate = {[file]!r}\n"
+                                f"pytest_add_cli_args_test_selection = {tests!r}\n")
+    tomllib.loads(text)  # refuses a key set twice: the shared table must not name either
+    (folder / "pyproject.toml").write_text(text)
+    return folder
 
 
 def mutate(files: list[str]) -> None:
-    """mutmut on the files of pyproject's [tool.mutmut] only_mutate (or some of them).
+    """mutmut on each core file of pyproject's [tool.dev.mutate] (or on the files named).
 
-    A fresh run each time (mutants/ is removed first), so the score is the whole file's.
-    Prints killed / total per file and every mutant that was not killed; fails if one of
-    them is not listed in docs/TESTING.md (as equivalent, with the reason).
+    A fresh run each time, so a score is the whole file's. Prints killed / total per file
+    and every mutant that was not killed; fails if one of them is not listed in
+    docs/TESTING.md (as equivalent, with the reason).
     """
     ensure_venv("requirements-dev.txt")
+    groups = mutation_groups()
+    unknown = [f for f in files if f not in groups]
+    if unknown:
+        sys.exit(f"not configured for mutation testing: {', '.join(unknown)}"
+                 f" (pyproject.toml [tool.dev.mutate] has {', '.join(groups)})")
     env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "tests-only-not-a-secret",
            "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db-mutate.sqlite3'}"}
-    # payments/domain.py -> payments.domain.* (mutmut's names for that file's mutants)
-    patterns = [Path(f).with_suffix("").as_posix().replace("/", ".") + ".*" for f in files]
-    shutil.rmtree(MUTANTS, ignore_errors=True)
-    started = time.monotonic()
-    sh(VENV / "bin" / "mutmut", "run", *patterns, env=env)
-    took = time.monotonic() - started
-    listed = subprocess.run([VENV / "bin" / "mutmut", "results", "--all", "true"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, check=True).stdout
-    by_file: dict[str, dict[str, str]] = {}
-    for line in listed.splitlines():
-        name, _, status = line.strip().rpartition(": ")
-        if name and status != "not checked":  # another file's, not run this time
-            by_file.setdefault(name.split(".x")[0], {})[name] = status
     documented = TESTING_DOC.read_text() if TESTING_DOC.exists() else ""
-    undocumented = 0
-    print(f"\n== mutation score ({took:.0f} s) ==")
-    for module, statuses in sorted(by_file.items()):
+    lines, undocumented = [], 0
+    for file in files or list(groups):
+        folder = mutation_workdir(file, groups[file])
+        started = time.monotonic()
+        print(f"+ mutmut run  # in {folder.relative_to(ROOT)}", flush=True)
+        # Its progress line redraws itself hundreds of times: shown only if the run fails.
+        done = subprocess.run([VENV / "bin" / "mutmut", "run"], cwd=folder, env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"mutmut run failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        took = time.monotonic() - started
+        listed = subprocess.run([VENV / "bin" / "mutmut", "results", "--all", "true"],
+                                cwd=folder, env=env, capture_output=True, text=True,
+                                check=True).stdout
+        statuses = dict(line.strip().rsplit(": ", 1) for line in listed.splitlines()
+                        if ": " in line)
         killed = sum(s == "killed" for s in statuses.values())
-        print(f"{module.replace('.', '/')}.py: {killed} / {len(statuses)} killed")
+        share = f"{100 * killed / len(statuses):.1f} %" if statuses else "-"
+        lines.append(f"{file}: {killed} / {len(statuses)} killed ({share}) in {took:.0f} s")
         for name, status in statuses.items():
             if status != "killed":
                 known = name in documented
                 undocumented += not known
-                print(f"    {name}: {status}{'' if known else '  (not in docs/TESTING.md)'}")
+                lines.append(f"    {name}: {status}"
+                             f"{'' if known else '  (not in docs/TESTING.md)'}")
+    print("\n== mutation score ==", *lines, sep="\n")
     if undocumented:
         sys.exit(f"{undocumented} mutants survived that docs/TESTING.md does not list"
-                 " (mutmut show <name>; kill it with a test, or list it as equivalent)")
+                 " (cd var/mutate/<file> && ../../../.venv/bin/mutmut show <name>;"
+                 " kill it with a test, or list it as equivalent)")
 
 
 def main() -> None:
