@@ -245,6 +245,7 @@ def test(pytest_args: list[str]) -> None:
 
 TESTING_DOC = ROOT / "docs" / "TESTING.md"
 MUTATE_DIR = ROOT / "var" / "mutate"
+DETECTED = {"killed", "timeout"}
 # What a mutation run's working folder holds besides its own pyproject.toml: the project's
 # files, linked (mutmut copies what it needs into its own mutants/ folder there).
 NOT_LINKED = {".git", ".venv", "var", "mutants", "pyproject.toml", ".hypothesis",
@@ -317,11 +318,12 @@ def mutate(files: list[str]) -> None:
                                 check=True).stdout
         statuses = dict(line.strip().rsplit(": ", 1) for line in listed.splitlines()
                         if ": " in line)
-        killed = sum(s == "killed" for s in statuses.values())
+        # As mutmut's own score: a mutant that makes the tests hang was noticed too.
+        killed = sum(s in DETECTED for s in statuses.values())
         share = f"{100 * killed / len(statuses):.1f} %" if statuses else "-"
         lines.append(f"{file}: {killed} / {len(statuses)} killed ({share}) in {took:.0f} s")
         for name, status in statuses.items():
-            if status != "killed":
+            if status not in DETECTED:
                 known = name in documented
                 undocumented += not known
                 lines.append(f"    {name}: {status}"
