@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set-up and everyday tasks with nothing but Python 3.11+ installed.
 
-    python3 dev.py run    # virtualenv, dependencies, .env, migrations, a login; then serve
+    python3 dev.py run [--port N]  # virtualenv, dependencies, .env, migrations, a login;
+                                   # then serve (:8000, or $PORT) and run the projections
     python3 dev.py test   # the same set-up with the test tools; ruff, then pytest
     python3 dev.py mutate [files]  # mutation testing of the core (docs/TESTING.md)
 
@@ -23,6 +24,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -76,7 +78,11 @@ def ensure_env_file() -> None:
 
 
 def ensure_login() -> str:
-    """A superuser for the admin, with a generated password kept in var/login.txt."""
+    """A superuser for the admin, its password generated once and kept in var/login.txt.
+
+    Made once: a later start never sets the password again (that would log everybody
+    out), and says so if the password was changed since var/login.txt was written.
+    """
     LOGIN_FILE.parent.mkdir(exist_ok=True)
     if not LOGIN_FILE.exists():
         LOGIN_FILE.write_text(secrets.token_urlsafe(12))
@@ -84,31 +90,113 @@ def ensure_login() -> str:
     password = LOGIN_FILE.read_text().strip()
     script = (
         "import os; from django.contrib.auth import get_user_model; U = get_user_model(); "
-        f"u, _ = U.objects.get_or_create(username={ADMIN_USER!r}, "
+        f"u, made = U.objects.get_or_create(username={ADMIN_USER!r}, "
         "defaults={'is_staff': True, 'is_superuser': True}); "
-        "u.set_password(os.environ['ADMIN_PASSWORD']); u.save()"
+        "made and (u.set_password(os.environ['ADMIN_PASSWORD']), u.save()); "
+        "print('made' if made else 'same' if u.check_password(os.environ['ADMIN_PASSWORD'])"
+        " else 'changed')"
     )
     # The password goes through the environment, not the echoed command line.
-    sh(PYTHON, "manage.py", "shell", "--no-imports", "-c", script,
-       env={**os.environ, "ADMIN_PASSWORD": password})
+    done = subprocess.run([PYTHON, "manage.py", "shell", "--no-imports", "-c", script],
+                          cwd=ROOT, env={**os.environ, "ADMIN_PASSWORD": password},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"could not make the login:\n{done.stdout}{done.stderr}")
+    if done.stdout.strip() == "changed":
+        return "(its password was changed since var/login.txt was written; to set one:" \
+               f" .venv/bin/python manage.py changepassword {ADMIN_USER})"
     return password
 
 
-def run() -> None:
+def run_options(args: list[str]) -> int:
+    """The port to serve on: `--port N` (or `--port=N`), else $PORT, else 8000."""
+    port = os.environ.get("PORT", "8000")
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--port" and rest:
+            port = rest.pop(0)
+        elif arg.startswith("--port="):
+            port = arg.split("=", 1)[1]
+        else:
+            sys.exit(f"dev.py run: unknown argument {arg!r} (it takes --port N)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        sys.exit(f"dev.py run: the port must be a number from 1 to 65535, not {port!r}")
+    return int(port)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run(args: list[str]) -> None:
+    """Serve the site and run the projections beside it, until Ctrl-C or SIGTERM.
+
+    dev.py stays as the parent of both: if either stops, it stops the other, so no
+    runner is left behind when the server cannot start (a port in use, say).
+    """
+    port = run_options(args)
     ensure_venv("requirements.txt")
     ensure_env_file()
+    if not port_is_free(port):
+        sys.exit(f"Port {port} is in use (another dev.py run?). Stop that one, or choose"
+                 f" another port: python3 dev.py run --port {port + 1}")
     sh(PYTHON, "manage.py", "migrate", "--verbosity", "0")
     password = ensure_login()
-    print(
-        "\nReady. Log in at http://127.0.0.1:8000/ as"
-        f" {ADMIN_USER} / {password}  (kept in var/login.txt)\n"
-        "The projections run beside the server (Ctrl-C stops both).\n"
-        "In another terminal:  .venv/bin/python manage.py api -a create -v 100.00\n",
-        flush=True,
-    )
-    # Same process group: the terminal's Ctrl-C reaches the runner too.
-    subprocess.Popen([PYTHON, "manage.py", "run_projection", "all"], cwd=ROOT)
-    os.execv(PYTHON, [str(PYTHON), "manage.py", "runserver", "127.0.0.1:8000"])
+    # One process group with the terminal: its Ctrl-C reaches the children as well.
+    server = subprocess.Popen([PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}"],
+                              cwd=ROOT)
+    children = [server]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Even when started with SIGINT ignored (in the background): Ctrl-C stops everything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        deadline = time.monotonic() + 60
+        while not answers(port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"The server did not start on port {port} (see above).")
+            time.sleep(0.1)
+        children.append(subprocess.Popen([PYTHON, "manage.py", "run_projection", "all"],
+                                         cwd=ROOT))
+        print(
+            f"\nReady. Log in at http://127.0.0.1:{port}/ as"
+            f" {ADMIN_USER} / {password}  (kept in var/login.txt)\n"
+            "The projections run beside the server (Ctrl-C stops both).\n"
+            "In another terminal:  .venv/bin/python manage.py api -a create -v 100.00\n",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        stopped = next(child for child in children if child.poll() is not None)
+        name = "server" if stopped is server else "projection runner"
+        sys.exit(f"The {name} stopped (exit {stopped.returncode}); stopping the rest.")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(children)
+
+
+def stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM (they stop cleanly on it: the runner commits its batch), then SIGKILL."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 # The suites that touch the read-model database, run a second time on PostgreSQL.
@@ -338,7 +426,7 @@ def mutate(files: list[str]) -> None:
 def main() -> None:
     command, *rest = sys.argv[1:] or ["run"]
     if command == "run":
-        run()
+        run(rest)
     elif command == "test":
         test(rest)
     elif command == "mutate":
