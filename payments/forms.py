@@ -134,3 +134,12 @@ class DeclineForm(CommandForm):
 
     def clean_decline_code(self) -> str:
         return _domain_rule(parse_decline_code, self.cleaned_data["decline_code"])
+
+
+class RotateTokenForm(forms.Form):
+    """Replacing the API token breaks every script that uses it: ask first."""
+
+    confirm = forms.BooleanField(
+        label="I understand that the current token stops working at once",
+        error_messages={"required": "Tick the box to confirm: scripts that use the current"
+                                    " token will get 401 until they use the new one."})

@@ -12,11 +12,12 @@ from uuid import UUID, uuid4
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from payments import services
+from payments.api.tokens import find_token, issue_token, rotate_token
 from payments.domain import (
     Action,
     AmountExceedsBalance,
@@ -30,6 +31,7 @@ from payments.forms import (
     CreatePaymentForm,
     DeclineForm,
     RefundForm,
+    RotateTokenForm,
     SettleForm,
 )
 from payments.history import nearest_page, page_links, page_summary
@@ -143,3 +145,29 @@ def payment_new(request: HttpRequest) -> HttpResponse:
                                       f" {payment.currency} is {payment.status}.")
             return redirect("payments:detail", payment_id=payment.id)
     return render(request, "payments/new.html", {"form": form}, status=400)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_token(request: HttpRequest) -> HttpResponse:
+    """/accounts/token/: the user's API token; POST makes it, or replaces it once confirmed."""
+    rotate_form = RotateTokenForm()
+    status = 200
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "create":
+            issue_token(request.user)
+            messages.success(request, "Your API token is ready.")
+            return redirect("token")
+        if action != "rotate":
+            return HttpResponseBadRequest("action must be create or rotate")
+        rotate_form = RotateTokenForm(request.POST)
+        if rotate_form.is_valid():
+            rotate_token(request.user)
+            messages.success(request, "A new token replaces the old one, which no longer works.")
+            return redirect("token")
+        status = 400
+    token = find_token(request.user)
+    api_root = request.build_absolute_uri("/api/payments/")
+    return render(request, "payments/token.html", {
+        "token": token, "rotate_form": rotate_form, "api_root": api_root}, status=status)

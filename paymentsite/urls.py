@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from payments import views as payment_views
 from paymentsite import health
 
 urlpatterns = [
@@ -17,6 +18,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True),
          name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/token/", payment_views.api_token, name="token"),
     path("admin/", admin.site.urls),
     path("api/", include("payments.api.urls")),
     # DRF's login page, for the session that the browsable docs at /api/docs/ need.

@@ -181,3 +181,25 @@ def test_a_bad_argument_is_refused_before_anything_starts(start, args: list[str]
     code, output = start(*args).finish()
     assert code == 1
     assert "dev.py run:" in output
+
+
+def readme_block(after_heading: str) -> str:
+    """The first ```sh block under a README heading, as a reader would copy it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index(f"\n{after_heading}\n"):]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_readmes_api_lines_work_as_pasted_against_dev_py_run(start, project, env) -> None:
+    """The README's REST API block, run line by line (bash -e) in a second terminal."""
+    port = free_port()
+    start("--port", str(port)).read_until("Ctrl-C")
+    block = readme_block("## REST API")
+    first, rest = block.split("\n", 1)
+    assert first.startswith("SITE=http://127.0.0.1:8000 ")  # the only line we change
+    script = f"set -euo pipefail\nSITE=http://127.0.0.1:{port}\n{rest}"
+    done = subprocess.run(["bash", "-c", script], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=STARTUP)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"status":"partially_settled"' in done.stdout.replace(" ", "")
+    assert '"settled_amount":"40.00"' in done.stdout.replace(" ", "")
