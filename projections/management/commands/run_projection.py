@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
 from argparse import ArgumentParser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from payments.eventstore import EventStoreError, get_event_store
+from projections.locks import is_locked
 from projections.projectors import PROJECTIONS, ProjectionError
-from projections.runner import CheckpointMoved, Progress, ProjectionRunner, record_failure
+from projections.runner import (
+    CheckpointMoved,
+    Progress,
+    ProjectionRunner,
+    checkpoint_position,
+    record_failure,
+)
 
 LOG_EVERY_SECONDS = 5.0
 MAX_REASON = 2000  # characters of a failure's reason kept for status, /readyz and the log
@@ -51,22 +59,31 @@ class Command(BaseCommand):
                 signal.signal(signum, handler)
 
     def _run(self, names: list[str], options: dict[str, Any], stop: threading.Event) -> None:
+        # Waiting would not do for --reset: the active runner follows for ever (dev.py run's).
+        if options["reset"] and (busy := [name for name in names if is_locked(name)]):
+            raise CommandError(
+                f"{', '.join(busy)}: another runner is active (python3 dev.py run, or"
+                " another run_projection). Stop it first: --reset clears the read model"
+                " that it writes. Nothing was reset.")
         store = get_event_store()
         runners = []
-        reporter = _Reporter(self.stdout, show_bar=options["reset"])
+        reporter = _Reporter(self.stdout, show_bar=options["reset"], once=options["once"])
         for name in names:
             runners.append(ProjectionRunner(
                 PROJECTIONS[name](), store, batch_size=options["batch_size"], stop=stop,
                 on_progress=reporter.for_projection(name),
             ))
-        failures = _run_all(runners, once=options["once"], reset=options["reset"], stop=stop)
-        if options["reset"] and self.stdout.isatty():
-            self.stdout.write("")  # end the progress bar's line
+        with reporter.quiet_batches():
+            failures = _run_all(runners, once=options["once"], reset=options["reset"],
+                                stop=stop)
+        reporter.end_bar()
         for runner in runners:
-            self.stdout.write(
-                f"{runner.name}: applied {runner.progress.applied} events, checkpoint at"
-                f" {runner.progress.position}"
-            )
+            # The checkpoint as stored: a runner stopped while it waited moved nothing.
+            summary = (f"{runner.name}: applied {runner.progress.applied} events, checkpoint"
+                       f" at {checkpoint_position(runner.name)}")
+            if runner.progress.applied == 0 and is_locked(runner.name):
+                summary += " (another runner was active: this one waited and did nothing)"
+            self.stdout.write(summary)
         if failures:
             raise CommandError("; ".join(failures))
 
@@ -136,31 +153,62 @@ class _Reporter:
     line redrawn in place (one bar per projection, side by side, so two runners never
     fight over the line); otherwise a plain line per projection every few seconds."""
 
-    def __init__(self, stdout: OutputWrapper, *, show_bar: bool) -> None:
+    def __init__(self, stdout: OutputWrapper, *, show_bar: bool, once: bool) -> None:
         self.stdout = stdout
         self.bar = show_bar and stdout.isatty()
+        self.once = once
         self.latest: dict[str, tuple[Progress, float]] = {}
         self.last_line: dict[str, float] = {}
+        self.caught_up: set[str] = set()
         self.lock = threading.Lock()
 
     def for_projection(self, name: str) -> Callable[[Progress], None]:
         return lambda progress: self.report(name, progress)
 
+    @contextlib.contextmanager
+    def quiet_batches(self) -> Iterator[None]:
+        """While the bar is drawn, the runner's line per batch would break it: the bar
+        says the same. Warnings and errors still show."""
+        if not self.bar:
+            yield
+            return
+        level = logger.level
+        logger.setLevel(max(logging.WARNING, level))
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+    def end_bar(self) -> None:
+        with self.lock:
+            if self.bar and self.latest:
+                self.stdout.write("")  # end the bar's line
+                self.latest.clear()
+
     def report(self, name: str, progress: Progress) -> None:
         now = time.monotonic()
         rate = progress.applied / max(now - progress.started, 1e-9)
+        head = max(progress.head, progress.position)  # the head read at start moves on
         with self.lock:
-            if self.bar:
+            if self.bar and name not in self.caught_up:
                 self.latest[name] = (progress, rate)
                 line = "   ".join(progress_bar(n, p, r, width=20 if len(self.latest) > 1 else 30)
                                   for n, (p, r) in self.latest.items())
                 self.stdout.write("\r" + line + "\x1b[K", ending="")  # K: clear the rest
                 self.stdout.flush()
+                if progress.position >= head and not self.once:
+                    self.caught_up.add(name)
+                    if self.caught_up >= self.latest.keys():
+                        self.stdout.write("")
+                        self.stdout.write(
+                            f"rebuilt: {', '.join(sorted(self.caught_up))} caught up; following"
+                            " new events until Ctrl-C (--once exits here)")
             elif now - self.last_line.get(name, 0.0) >= LOG_EVERY_SECONDS:
                 self.last_line[name] = now
+                where = "caught up" if progress.position >= head else f"of {head}"
                 self.stdout.write(
                     f"{name}: {progress.applied} events applied, at position"
-                    f" {progress.position} of {progress.head}, {rate:.0f} events/s"
+                    f" {progress.position} {where}, {rate:.0f} events/s"
                 )
 
 
