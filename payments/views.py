@@ -14,7 +14,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
 
 from payments import services
 from payments.api.tokens import find_token, issue_token, rotate_token
@@ -99,13 +100,19 @@ def payment_detail(request: HttpRequest, payment_id: UUID) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def payment_command(request: HttpRequest, payment_id: UUID, action: str) -> HttpResponse:
-    """POST /payments/<id>/<action>/: one command, then back to the payment's page."""
+    """POST /payments/<id>/<action>/: one command, then back to the payment's page.
+
+    A refused form is answered at this address, so a reload or a bookmark GETs it: that
+    goes to the payment's page, at the action's form. An unknown action is a 404.
+    """
     try:
         command = Action(action)
     except ValueError:
         raise Http404(f"no action {action!r}") from None
+    if request.method == "GET":
+        return redirect(f"{reverse('payments:detail', args=[payment_id])}#form-{command}")
     form_class, service = COMMANDS[command]
     form = form_class(request.POST, auto_id=_auto_id(command))
     if not form.is_valid():

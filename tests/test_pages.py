@@ -257,7 +257,16 @@ def test_commands_on_unknown_payments_and_actions_are_404(browser: Client) -> No
                         {"bank_name": "Acme"}).status_code == 404
     payment_id = create(browser)
     assert browser.post(f"/payments/{payment_id}/explode/").status_code == 404
-    assert browser.get(f"/payments/{payment_id}/authorize/").status_code == 405
+    assert browser.get(f"/payments/{payment_id}/explode/").status_code == 404
+
+
+def test_opening_a_command_address_goes_to_the_payments_form(browser: Client) -> None:
+    """A refused form leaves its address in the bar: a reload or a bookmark GETs it."""
+    payment_id = create(browser)
+    response = browser.get(f"/payments/{payment_id}/authorize/")
+    assert response.status_code == 302
+    assert response["Location"] == f"/payments/{payment_id}/#form-authorize"
+    assert services.find_payment(payment_id=payment_id).payment.version == 0
 
 
 def test_store_unreachable_is_a_503_page(browser: Client, settings, tmp_path: Path) -> None:

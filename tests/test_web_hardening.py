@@ -213,12 +213,12 @@ def test_unknown_payment_page_is_the_styled_404(browser: Client, settings, debug
 def test_site_405_is_the_styled_page_with_allow(browser: Client, settings, debug: bool) -> None:
     settings.DEBUG = debug
     payment = services.create_payment(amount="10.00")
-    wrong_method = browser.get(f"/payments/{payment.id}/authorize/")
+    wrong_method = browser.put(f"/payments/{payment.id}/authorize/")
     assert wrong_method.status_code == 405
-    assert wrong_method["Allow"] == "POST"
+    assert wrong_method["Allow"] == "GET, POST"
     html = page_of(wrong_method)
     assert 'id="method-not-allowed"' in html
-    assert "GET" in html
+    assert "PUT" in html
     before = head()
     posted = browser.post("/", {"amount": "1.00"})
     assert posted.status_code == 405
