@@ -44,9 +44,24 @@ COMMANDS: dict[Action, tuple[type[CommandForm], Any]] = {
     Action.DECLINE: (DeclineForm, services.decline_payment),
 }
 
-# A rule of the payment, a concurrent change or a reused key refused the command.
-REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, LimitReached, services.ConcurrencyConflict,
-            services.IdempotencyKeyReused)
+# A rule of the payment refused the command: its message says which rule.
+REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, LimitReached)
+# The page the form came from is out of date: said for people, with the state now.
+OUT_OF_DATE = {
+    services.ConcurrencyConflict: "This payment changed while you were on this page: it is"
+                                  " now {status}. Review and try again.",
+    services.IdempotencyKeyReused: "This form was already sent, with other values (after"
+                                   " going back and editing it?): the payment is now"
+                                   " {status}. Review and try again.",
+}
+KEY_REUSED_ON_NEW = ("This form was already sent, with other values (after going back and"
+                     " editing it?), and made a payment then. Check the values and send the"
+                     " form again to make another payment.")
+
+
+def status_words(status: str) -> str:
+    """``partially_settled`` as people write it: ``partially settled``."""
+    return status.replace("_", " ")
 
 
 def _auto_id(action: Action) -> str:
@@ -62,7 +77,7 @@ def _fresh_form(action: Action, version: int) -> CommandForm:
 
 def _payment_page(
     request: HttpRequest, payment_id: UUID, *, failed: tuple[Action, CommandForm] | None = None,
-    refusal: str | None = None, status: int = 200,
+    refusal: str | None = None, out_of_date: str | None = None, status: int = 200,
 ) -> HttpResponse:
     """The payment's state, one page of its history and one form per allowed action.
 
@@ -75,6 +90,8 @@ def _payment_page(
         raise Http404(f"payment {payment_id} not found") from None
     payment = found.payment
     errors = [refusal] if refusal else []
+    if out_of_date:
+        errors.append(out_of_date.format(status=status_words(payment.status)))
     forms = []
     for action in payment.allowed_actions:
         if failed and failed[0] == action:
@@ -127,7 +144,10 @@ def payment_command(request: HttpRequest, payment_id: UUID, action: str) -> Http
         raise Http404(f"payment {payment_id} not found") from None
     except REFUSALS as e:
         return _payment_page(request, payment_id, refusal=str(e), status=409)
-    messages.success(request, f"{command.capitalize()}: the payment is now {payment.status}.")
+    except tuple(OUT_OF_DATE) as e:
+        return _payment_page(request, payment_id, out_of_date=OUT_OF_DATE[type(e)], status=409)
+    messages.success(request, f"{command.capitalize()}: the payment is now"
+                              f" {status_words(payment.status)}.")
     return redirect("payments:detail", payment_id=payment.id)
 
 
@@ -145,11 +165,16 @@ def payment_new(request: HttpRequest) -> HttpResponse:
                                               **form.command_options(request.user.pk))
         except InvalidInput as e:
             form.add_error(e.field if e.field in form.fields else None, e.message)
-        except services.IdempotencyKeyReused as e:
-            form.add_error(None, str(e))
+        except services.IdempotencyKeyReused:
+            # The same values with a new key: sending again makes a payment, as said.
+            data = request.POST.copy()
+            data["idempotency_key"] = str(uuid4())
+            form = CreatePaymentForm(data)
+            form.is_valid()
+            form.add_error(None, KEY_REUSED_ON_NEW)
         else:
             messages.success(request, f"Created: the payment of {payment.amount}"
-                                      f" {payment.currency} is {payment.status}.")
+                                      f" {payment.currency} is {status_words(payment.status)}.")
             return redirect("payments:detail", payment_id=payment.id)
     return render(request, "payments/new.html", {"form": form}, status=400)
 

@@ -226,6 +226,24 @@ def test_hostile_arguments_from_a_shell_are_refused_in_one_line(tmp_path: Path) 
                             " sqlite:///path or esdb://host:port\n")
 
 
+@pytest.mark.parametrize("uri", ["sqlite:///var/elsewhere/events.sqlite3", "sqlite:///"])
+def test_a_relative_event_store_path_is_refused_and_makes_no_folder(
+        tmp_path: Path, uri: str) -> None:
+    """A relative path would depend on the folder a command is run from."""
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "api", "-a", "create", "-v", "1.00"],
+        cwd=tmp_path, env={**os.environ, "EVENTSTORE_URI": uri,
+                           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli-db.sqlite3'}"},
+        capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    path = uri.removeprefix("sqlite:///") or "none"
+    assert refused.stderr == (
+        f"CommandError: EVENTSTORE_URI {uri} names a relative path ({path}): give the"
+        " absolute path after sqlite:/// (sqlite:////srv/payments/events.sqlite3, four"
+        " slashes in all)\n")
+    assert list(tmp_path.iterdir()) == []  # no folder, no file
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
     """``manage.py api -a find … | head -1``: no BrokenPipeError, no traceback."""
     env = {**os.environ, "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'cli-events.sqlite3'}",

@@ -249,13 +249,13 @@ def test_a_payment_through_its_life_and_a_decline(user: User, projection_runners
         assert user.find("#payment-status").text == status
         assert user.timeline() == [*before, event]
         assert user.action_forms() == allowed
-        assert f"now {status}" in user.find("#messages").text
+        assert f"now {status.replace('_', ' ')}." in user.find("#messages").text
         assert not user.all("#payment-errors")
         user.screenshot(f"detail-{status}")
         if status == "partially_settled":
-            assert user.find("#payment-settled").text == "40.00"
-    assert user.find("#payment-settled").text == "100.00"
-    assert user.find("#payment-refunded").text == "100.00"
+            assert user.find("#payment-settled").text == "40.00 EUR"
+    assert user.find("#payment-settled").text == "100.00 EUR"
+    assert user.find("#payment-refunded").text == "100.00 EUR"
     assert user.all("#no-actions")
     assert_bank_escaped(user.find("#payment-bank"))
     versions = [li.get_attribute("data-version") for li in user.all("#timeline li.event")]

@@ -137,9 +137,10 @@ def test_life_cycle_through_the_forms(browser: Client) -> None:
         assert status_on(html) == status
         assert len(timeline(html)) == n
         assert forms_on(html) == allowed
-        assert f"the payment is now {status}" in html  # the success message
+        words = status.replace("_", " ")
+        assert f"the payment is now {words}." in html  # the success message, for people
     assert timeline(html)[-1] == "PaymentRefunded"  # newest last
-    assert 'id="payment-settled">100.00<' in html
+    assert 'id="payment-settled">100.00 EUR<' in html
     assert 'id="no-actions"' in html
 
     declined = create(browser, "20.00")
@@ -189,8 +190,40 @@ def test_a_refused_command_is_a_409_with_the_message_at_the_top(browser: Client)
     response = browser.post(f"/payments/{payment_id}/settle/",
                             {"amount": "1.00", "expected_version": "1"})
     assert response.status_code == 409
-    assert "not 1" in page_of(response)
+    assert ("This payment changed while you were on this page: it is now partially settled."
+            " Review and try again.") in page_of(response)
+    assert status_on(page_of(response)) == "partially_settled"  # the state now, shown
+    assert 'id="payment-settled">1.00 EUR<' in page_of(response)
     assert services.find_payment(payment_id=payment_id).payment.version == 2
+
+
+def test_an_edited_resent_form_is_told_apart_from_a_double_submit(browser: Client) -> None:
+    """Back, edit, send again: the same key with other values. Said for people; the
+    new-payment form comes back with a fresh key, so sending it again makes a payment."""
+    key = str(uuid4())
+    first = browser.post("/payments/new/", {"amount": "10.00", "currency": "EUR",
+                                            "idempotency_key": key})
+    assert first.status_code == 302
+    edited = browser.post("/payments/new/", {"amount": "12.00", "currency": "EUR",
+                                             "idempotency_key": key})
+    assert edited.status_code == 400
+    html = page_of(edited)
+    assert ("This form was already sent, with other values (after going back and editing"
+            " it?), and made a payment then.") in html
+    fresh = re.search(r'name="idempotency_key" value="([^"]+)"', html).group(1)
+    assert fresh != key
+    assert 'value="12.00"' in html
+    again = browser.post("/payments/new/", {"amount": "12.00", "currency": "EUR",
+                                            "idempotency_key": fresh})
+    assert again.status_code == 302
+
+    payment_id = UUID(first["Location"].strip("/").split("/")[-1])
+    sent = {"bank_name": "Acme", "idempotency_key": str(uuid4()), "expected_version": "0"}
+    assert browser.post(f"/payments/{payment_id}/authorize/", sent).status_code == 302
+    response = browser.post(f"/payments/{payment_id}/authorize/", {**sent, "bank_name": "Other"})
+    assert response.status_code == 409
+    assert ("This form was already sent, with other values (after going back and editing"
+            " it?): the payment is now authorized. Review and try again.") in page_of(response)
 
 
 def test_a_double_submit_of_the_same_form_appends_once(browser: Client) -> None:

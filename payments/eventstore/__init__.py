@@ -1,7 +1,7 @@
 """The event store port and the choice of adapter by URI.
 
-``sqlite:///path`` (the default) opens the embedded store; ``esdb://`` and
-``esdb+discover://`` open EventStoreDB through esdbclient.
+``sqlite:////absolute/path`` (the default: var/events.sqlite3) opens the embedded
+store; ``esdb://`` and ``esdb+discover://`` open EventStoreDB through esdbclient.
 """
 
 from __future__ import annotations
@@ -49,8 +49,14 @@ def open_event_store(uri: str, *, timeout: float = 5.0) -> EventStore:
     if uri.startswith("sqlite:///"):
         from payments.eventstore.embedded import EmbeddedEventStore
 
-        return EmbeddedEventStore(uri.removeprefix("sqlite:///") or "events.sqlite3",
-                                  timeout=timeout)
+        path = uri.removeprefix("sqlite:///")
+        if not path.startswith("/"):
+            # It would depend on the folder a command runs in, and make folders there.
+            raise UnsupportedEventStoreURI(
+                f"EVENTSTORE_URI {uri} names a relative path ({path or 'none'}): give the"
+                f" absolute path after sqlite:/// (sqlite:////srv/payments/events.sqlite3,"
+                " four slashes in all)")
+        return EmbeddedEventStore(path, timeout=timeout)
     if uri.startswith(("esdb://", "esdb+discover://")):
         from payments.eventstore.esdb import EventStoreDBEventStore
 
