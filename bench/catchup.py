@@ -345,7 +345,8 @@ def measure(*, events: int = 1_000_000, small: int = 10_000,
         template.mkdir()
         with step("migrate"):
             subprocess.run([PYTHON, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT,
-                           env=runner_env(template, "sqlite:///unused"), check=True)
+                           env=runner_env(template, f"sqlite:///{template / 'unused.sqlite3'}"),
+                           check=True)
         runs: dict[str, Catchup] = {}
         paused: dict[int, dict[str, int]] = {}
         loaded: dict[str, int] = {}

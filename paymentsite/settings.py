@@ -94,7 +94,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME", str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")
     )
 
-# The event store: `sqlite:///path` for the embedded store (the default), or
+# The event store: `sqlite:////absolute/path` for the embedded store (the default), or
 # `esdb://host:2113?Tls=false` / `esdb+discover://…` for EventStoreDB.
 EVENTSTORE_URI = env.str("EVENTSTORE_URI", default=f"sqlite:///{VAR_DIR / 'events.sqlite3'}")
 # Seconds any single event store call may take before it counts as "unavailable".
