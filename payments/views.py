@@ -36,6 +36,7 @@ from payments.forms import (
     SettleForm,
 )
 from payments.history import nearest_page, page_links, page_summary
+from paymentsite.live import live_page, store_head
 
 COMMANDS: dict[Action, tuple[type[CommandForm], Any]] = {
     Action.AUTHORIZE: (AuthorizeForm, services.authorize_payment),
@@ -111,6 +112,7 @@ def _payment_page(
 
 @login_required
 @require_GET
+@live_page(store_head)
 def payment_detail(request: HttpRequest, payment_id: UUID) -> HttpResponse:
     """GET /payments/<id>/: read from the stream, always current."""
     return _payment_page(request, payment_id)

@@ -10,15 +10,18 @@ the report. A screenshot of each page visited goes to $SCREENSHOT_DIR
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from rest_framework.authtoken.models import Token
 from selenium import webdriver
 from selenium.common.exceptions import (
     NoSuchElementException,
@@ -336,3 +339,25 @@ def test_a_bad_amount_shows_its_error_beside_the_field(user: User, amount: str) 
     assert field.get_attribute("value") == amount
     assert not user.all("#messages")
     user.screenshot(f"new-error-{amount}")
+
+
+def test_a_command_through_the_api_appears_on_the_open_list_without_a_reload(
+        user: User, projection_runners, live_server) -> None:
+    """static/js/live.js: the list swaps its rows in as the projection applies them."""
+    user.log_in(USERNAME, PASSWORD)
+    user.open("/payments/")
+    assert user.page() == "payment-list"
+    assert not user.all("tr.payment-row")
+    user.driver.execute_script("window.openedByTest = true")  # a reload would lose it
+    token = Token.objects.create(user=get_user_model().objects.get(username=USERNAME))
+    request = urllib.request.Request(
+        f"{live_server.url}/api/payments/", data=json.dumps({"amount": "42.00"}).encode(),
+        headers={"Authorization": f"Token {token.key}", "Content-Type": "application/json"},
+        method="POST")
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        created = json.load(answer)
+    row = f'tr.payment-row[data-payment-id="{created["id"]}"]'
+    user.wait().until(lambda d: user.all(row), message="the new payment never appeared")
+    assert user.driver.execute_script("return window.openedByTest === true")
+    assert "42.00 EUR" in user.find(row).text
+    user.screenshot("list-updated-live")

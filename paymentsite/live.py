@@ -1,0 +1,64 @@
+"""Pages that update themselves: static/js/live.js asks the page's own address again,
+with the version it shows, and swaps in the regions marked ``data-live-region``.
+
+A view wrapped in ``live_page(version)`` answers such a request with 204 and no body
+while the version is unchanged: one cheap query instead of a page. The version names
+what the page is drawn from: the projections' checkpoints and the store's head for the
+read-model pages, the store's head for a payment's page (read from its stream).
+Without JavaScript the page is the plain page; a poll never changes anything.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from payments.eventstore import EventStoreError, get_event_store
+
+HEADER = "X-Live-Version"
+
+View = Callable[..., HttpResponse]
+
+
+def store_head() -> str:
+    """The event store's head position ("-" while it is unreachable)."""
+    try:
+        return str(get_event_store().head_position())
+    except EventStoreError:
+        return "-"
+
+
+def read_model_version() -> str:
+    """What the read-model pages show depends on: each checkpoint, and the head (the lag)."""
+    from projections.models import Checkpoint
+
+    checkpoints = Checkpoint.objects.order_by("name").values_list("name", "position",
+                                                                  "failed_at")
+    drawn = ",".join(f"{name}:{position}{'!' if failed else ''}"
+                     for name, position, failed in checkpoints)
+    return f"{drawn}|{store_head()}"
+
+
+def live_page(version: Callable[[], str]) -> Callable[[View], View]:
+    """Answer a live poll (the ``X-Live-Version`` header) with 204 while ``version()`` is
+    what the browser has; otherwise the page, its version in the header and on <body>."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            current = version()
+            if request.headers.get(HEADER) == current:
+                response = HttpResponse(status=204)
+            else:
+                request.live_version = current  # type: ignore[attr-defined] # base.html
+                response = view(request, *args, **kwargs)
+            response[HEADER] = current
+            response["Cache-Control"] = "no-store"  # a poll must reach the server
+            return response
+
+        return wrapped
+
+    return decorate
