@@ -63,8 +63,12 @@ def test_the_changelists_load_with_their_rows(admin_client, rows) -> None:
     payments = admin_client.get(url("paymentview", "changelist"))
     assert payments.status_code == 200
     assert b"Bank 2" in payments.content
-    assert f"/payments/{rows['payment'].payment_id}/".encode() in payments.content
-    assert b"event history" in payments.content
+    payment_id = rows["payment"].payment_id
+    assert f'<a href="/payments/{payment_id}/">history</a>'.encode() in payments.content
+    # A short id a row, the whole one on hover; the amounts with their currency.
+    assert (f'<span class="short-id" title="{payment_id}">{str(payment_id)[:8]}…</span>'
+            .encode() in payments.content)
+    assert f"{rows['payment'].amount} {rows['payment'].currency}".encode() in payments.content
 
     declines = admin_client.get(url("declineview", "changelist"))
     assert declines.status_code == 200

@@ -361,3 +361,83 @@ def test_a_command_through_the_api_appears_on_the_open_list_without_a_reload(
     assert user.driver.execute_script("return window.openedByTest === true")
     assert "42.00 EUR" in user.find(row).text
     user.screenshot("list-updated-live")
+
+
+# --- every page at a phone's width and a laptop's (issue 14) ----------------------------
+
+WIDTHS = {"phone": 390, "laptop": 1280}
+LONG_BANK = "The Very Long Name of a Cooperative Savings Bank of the Northern Provinces and Isles"
+
+
+def fits(driver: WebDriver) -> bool:
+    """Nothing makes the page itself scroll sideways (a table may scroll in its card)."""
+    return driver.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def some_history() -> dict[str, str]:
+    """Payments in several states, long bank names among them, applied to the read models."""
+    from django.core.management import call_command
+
+    from payments import services
+
+    made = {}
+    for n in range(12):
+        payment = services.create_payment(amount=f"{1000 + n}.50", currency="EUR")
+        services.authorize_payment(payment_id=payment.id, bank_name=LONG_BANK if n % 2 else "Acme")
+        if n % 3 == 0:
+            services.decline_payment(payment_id=payment.id, bank_name=LONG_BANK, decline_code="05")
+        else:
+            services.settle_payment(payment_id=payment.id, amount="500.00")
+        made.setdefault("payment", str(payment.id))
+    call_command("run_projection", "all", "--once")
+    return made
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_every_page_fits_the_screen(user: User, width: str) -> None:
+    made = some_history()
+    admin_user = get_user_model().objects.get(username=USERNAME)
+    admin_user.is_staff = admin_user.is_superuser = True
+    admin_user.save()
+    user.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": WIDTHS[width], "height": 900, "deviceScaleFactor": 1,
+        "mobile": width == "phone"})
+    try:
+        user.open("/")
+        assert fits(user.driver), "login"
+        user.screenshot(f"{width}-login")
+        user.log_in(USERNAME, PASSWORD)
+        pages = {
+            "overview": "/", "payments": "/payments/", "new": "/payments/new/",
+            "payment": f"/payments/{made['payment']}/", "declines": "/declines/",
+            "token": "/accounts/token/",
+            "admin-payments": "/admin/projections/paymentview/",
+            "admin-payment": f"/admin/projections/paymentview/{made['payment']}/change/",
+        }
+        crowded = []
+        for name, path in pages.items():
+            user.open(path)
+            user.screenshot(f"{width}-{name}")
+            if not fits(user.driver) and not (name.startswith("admin") and width == "phone"):
+                crowded.append(name)
+        user.open("/accounts/token/")
+        user.submit("#create-token-button")
+        assert re.fullmatch(r"[0-9a-f]{40}", user.find("#api-token").get_attribute("value"))
+        user.screenshot(f"{width}-token-made")
+        if not fits(user.driver):
+            crowded.append("token-made")
+        assert crowded == [], f"wider than {WIDTHS[width]} px: {crowded}"
+        if width == "laptop":
+            user.open("/admin/projections/paymentview/")
+            assert user.driver.execute_script(  # the list itself, not only the page
+                "var r = document.querySelector('#changelist .results');"
+                " return r.scrollWidth <= r.clientWidth")
+            short = user.find("#result_list tbody tr th .short-id")
+            assert re.fullmatch(r"[0-9a-f]{8}…", short.text)  # a short id…
+            assert short.get_attribute("title").startswith(short.text[:8])  # …whole on hover
+            assert len(short.get_attribute("title")) == 36
+            heights = {r.size["height"] for r in user.all("#result_list tbody tr")}
+            assert max(heights) < 40, heights  # one line a row
+    finally:
+        user.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
