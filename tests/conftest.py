@@ -57,6 +57,24 @@ def black_hole() -> Iterator[str]:
         listener.close()
 
 
+@pytest.fixture
+def user():
+    """A person who uses the site: logged in, not staff (files may have their own)."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("clerk", password="a long test password")
+
+
+@pytest.fixture
+def browser(user):
+    """Django's test client, logged in as ``user``."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture(autouse=True)
 def _empty_cache() -> Iterator[None]:
     """Each test starts with an empty cache: the lag shown on pages (cached for a few

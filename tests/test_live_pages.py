@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 
@@ -20,13 +19,6 @@ from payments import services
 pytestmark = pytest.mark.django_db(transaction=True)
 
 READ_MODEL_PAGES = ["/", "/payments/", "/declines/"]
-
-
-@pytest.fixture
-def browser() -> Client:
-    client = Client()
-    client.force_login(get_user_model().objects.create_user("clerk", password="x" * 20))
-    return client
 
 
 def version_on(html: str) -> str:

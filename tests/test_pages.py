@@ -30,18 +30,6 @@ ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 ACTION_FORMS = ("authorize", "settle", "refund", "decline")
 
 
-@pytest.fixture
-def user():
-    return get_user_model().objects.create_user("clerk", password="a long test password")
-
-
-@pytest.fixture
-def browser(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def page_of(response) -> str:
     return response.content.decode()
 

@@ -10,7 +10,6 @@ import re
 from io import StringIO
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.test import Client
 from rest_framework.authtoken.models import Token
@@ -18,18 +17,6 @@ from rest_framework.authtoken.models import Token
 pytestmark = pytest.mark.django_db
 
 PAGE = "/accounts/token/"
-
-
-@pytest.fixture
-def user():
-    return get_user_model().objects.create_user("clerk", password="a long test password")
-
-
-@pytest.fixture
-def browser(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def key_on(html: str) -> str | None:
