@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from payments import services
-from payments.domain import MAX_SETTLEMENTS, PaymentStatus
+from payments.domain import MAX_SETTLEMENTS, Payment, PaymentStatus
 from payments.events import stream_name
 from payments.eventstore import AppendResult, EventStore, ExpectedVersion, NewEvent
 from payments.eventstore.embedded import EmbeddedEventStore
@@ -223,6 +223,9 @@ def test_a_race_lost_to_another_process_is_decided_again_on_its_state(
                                       store=beaten)  # type: ignore[arg-type]
 
     assert (beaten.appends, lost_races(caplog)) == (4, 3)
+    assert [r.getMessage() for r in caplog.records if LOST_RACE in r.getMessage()] == [
+        f"settle {payment_id}: lost a race to another process (attempt {n}), backing off"
+        for n in (1, 2, 3)]
     assert (payment.version, payment.settled_amount) == (5, Decimal("5.03"))
     assert settled_amounts(one, payment_id) == ["0.01", "0.01", "0.01", "5.00"]
 
@@ -296,3 +299,70 @@ def test_turns_are_forgotten_when_no_command_needs_them(embedded_store: EventSto
         with services._turns.taking(embedded_store, uuid4(), deadline=float("inf")):
             pass
     assert len(services._turns) == 0
+
+
+def test_an_expected_version_is_checked_against_the_store_not_what_was_remembered(
+    two_views: tuple[EmbeddedEventStore, EmbeddedEventStore],
+) -> None:
+    """`one` remembers the payment a version behind; the caller's expected version is
+    the store's current one, so the command goes through."""
+    one, other = two_views
+    payment_id = authorized(one, "100.00")  # `one` remembers version 1
+    services.settle_payment(payment_id=payment_id, amount="10.00", store=other)  # version 2
+    settled = services.settle_payment(payment_id=payment_id, amount="20.00",
+                                      expected_version=2, store=one)
+    assert (settled.version, settled.settled_amount) == (3, Decimal("30.00"))
+
+
+def test_backing_off_pauses_a_random_while_up_to_a_ceiling_that_doubles_per_lost_race(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full jitter: a pause drawn from [0, ceiling], the ceiling 1 ms, 2 ms, 4 ms ...
+    up to 50 ms, and never past the deadline. (The draw returns its upper end here.)"""
+    draws: list[tuple[float, float]] = []
+    pauses: list[float] = []
+
+    def highest(low: float, high: float) -> float:
+        draws.append((low, high))
+        return high
+
+    monkeypatch.setattr(services.random, "uniform", highest)
+    monkeypatch.setattr(services.time, "sleep", pauses.append)
+    payment_id = uuid4()
+    for attempt in (1, 2, 3, 4, 5, 6, 7, 8, 1000):
+        services._back_off(payment_id, "settle", attempt, services.time.monotonic() + 60)
+    ceilings = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.050, 0.050, 0.050]
+    assert draws == [(0, pytest.approx(c)) for c in ceilings]
+    assert pauses == pytest.approx(ceilings)
+
+    services._back_off(payment_id, "settle", 1, services.time.monotonic() + 0.0005)
+    assert 0 < pauses[-1] <= 0.0005  # what is left until the deadline, not the 1 ms drawn
+
+
+def test_the_recent_payments_are_the_latest_put_per_store(
+    two_views: tuple[EmbeddedEventStore, EmbeddedEventStore],
+) -> None:
+    """The memory of recent payments is an LRU of bounded size, one per store."""
+    one, other = two_views
+    recent = services._RecentPayments(size=2)
+    a, b, c, d = (Payment(id=uuid4(), status=PaymentStatus.PENDING, amount=Decimal("1.00"),
+                          currency="EUR") for _ in range(4))
+    for payment in (a, b, c):
+        recent.put(one, payment)
+    assert [recent.get(one, p.id) for p in (a, b, c)] == [None, b, c]  # a was the oldest
+    recent.put(one, b)  # b is now the latest ...
+    recent.put(one, d)  # ... so c goes
+    assert [recent.get(one, p.id) for p in (b, c, d)] == [b, None, d]
+    assert recent.get(other, b.id) is None
+    recent.forget(one, b.id)
+    assert recent.get(one, b.id) is None
+
+
+def test_a_registry_of_turns_holds_a_turn_while_it_is_taken(embedded_store: EventStore) -> None:
+    turns = services._StreamTurns()
+    one, other = uuid4(), uuid4()
+    with turns.taking(embedded_store, one, deadline=float("inf")):
+        with turns.taking(embedded_store, other, deadline=float("inf")):
+            assert len(turns) == 2
+        assert len(turns) == 1
+    assert len(turns) == 0
