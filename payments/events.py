@@ -182,11 +182,10 @@ def upcast(type_name: str, version: object, document: Document) -> Document:
             f"{type_name} schema version {version!r} is not supported (this code reads"
             f" versions 1 to {SCHEMA_VERSION})"
         )
-    while version < SCHEMA_VERSION:
-        upcaster = UPCASTERS.get((type_name, version))
+    for step in range(version, SCHEMA_VERSION):
+        upcaster = UPCASTERS.get((type_name, step))
         if upcaster is not None:
             document = upcaster(document)
-        version += 1
     return document
 
 

@@ -1,20 +1,35 @@
 """The embedded store's own behaviour beyond the shared contract: whose turn it is to
-append, between the threads of a process and between processes."""
+append, between the threads of a process and between processes; what it answers when
+its file, its connection or a row is not as it wrote them; the subscription's pages and
+positions; and the resources it holds."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
-from payments.eventstore import EventStoreUnavailable, NewEvent, StreamState
-from payments.eventstore.embedded import EmbeddedEventStore
+from payments.eventstore import (
+    EventStoreUnavailable,
+    NewEvent,
+    StreamNotFound,
+    StreamState,
+    UnreadableEvent,
+    WrongExpectedVersion,
+    open_event_store,
+)
+from payments.eventstore.embedded import EmbeddedEventStore, EmbeddedSubscription
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +102,389 @@ def test_processes_and_threads_appending_at_once_all_land_in_order(tmp_path: Pat
         assert len({e.stream for e in events}) == 5 * 150
     finally:
         store.close()
+
+
+# --- appends: what a refusal says ------------------------------------------------------
+
+def test_an_append_of_nothing_or_at_a_negative_version_is_a_programming_error(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    with pytest.raises(ValueError, match=r"^nothing to append$"):
+        embedded_store.append("payments-a", [], StreamState.NO_STREAM)
+    with pytest.raises(ValueError, match=r"^expected version -1 is negative$"):
+        embedded_store.append("payments-a", [new_event()], -1)
+    with pytest.raises(StreamNotFound):
+        embedded_store.read_stream("payments-a")
+
+
+def test_a_conflict_names_the_stream_the_expected_and_the_actual_version(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    embedded_store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    with pytest.raises(WrongExpectedVersion) as raised:
+        embedded_store.append("payments-a", [new_event()], 5)
+    assert (raised.value.stream, raised.value.expected, raised.value.actual) == (
+        "payments-a", 5, 0)
+    assert str(raised.value) == "stream 'payments-a' is at version 0, expected 5"
+    with pytest.raises(StreamNotFound) as missing:
+        embedded_store.read_stream("payments-b")
+    assert (missing.value.stream, str(missing.value)) == (
+        "payments-b", "stream 'payments-b' not found")
+
+
+def test_a_retry_is_a_replay_only_of_the_very_events_at_the_very_version(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    """The same first event followed by other events, or the same events sent at another
+    expected version, is a different append: a conflict, never a silent success."""
+    first, second, other = new_event(), new_event(), new_event()
+    embedded_store.append("payments-a", [first, second], StreamState.NO_STREAM)
+    with pytest.raises(WrongExpectedVersion):
+        embedded_store.append("payments-a", [first, other], StreamState.NO_STREAM)
+    later = new_event()
+    embedded_store.append("payments-a", [later], 1)
+    with pytest.raises(WrongExpectedVersion):
+        embedded_store.append("payments-a", [later], StreamState.NO_STREAM)
+    assert [r.id for r in embedded_store.read_stream("payments-a")] == [
+        first.id, second.id, later.id]
+
+
+def test_each_event_is_stamped_with_the_utc_time_it_was_recorded(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    before = datetime.now(UTC)
+    embedded_store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    after = datetime.now(UTC)
+    [recorded] = embedded_store.read_stream("payments-a")
+    assert recorded.recorded_at is not None
+    assert recorded.recorded_at.tzinfo is UTC
+    # A float of seconds keeps microseconds to within a microsecond or so.
+    assert before.timestamp() - 0.001 <= recorded.recorded_at.timestamp() <= \
+        after.timestamp() + 0.001
+
+
+# --- the file and the connection -------------------------------------------------------
+
+def test_a_store_in_folders_that_do_not_exist_yet_makes_them(tmp_path: Path) -> None:
+    """Whichever call comes first: a read opens the database, an append its lock file."""
+    reader = EmbeddedEventStore(tmp_path / "a" / "b" / "events.sqlite3")
+    writer = EmbeddedEventStore(tmp_path / "c" / "d" / "events.sqlite3")
+    try:
+        assert reader.read_all() == []
+        assert writer.append("payments-a", [new_event()], StreamState.NO_STREAM).version == 0
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_path_that_cannot_be_a_folder_is_unavailable_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "a-file" / "events.sqlite3"
+    why = f"embedded event store {path} is unavailable: [Errno 17] File exists: '{path.parent}'"
+    with EmbeddedEventStore(path) as store:
+        with pytest.raises(EventStoreUnavailable) as reading:
+            store.read_all()
+        with pytest.raises(EventStoreUnavailable) as appending:
+            store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    assert str(reading.value) == str(appending.value) == why
+
+
+def test_a_file_that_is_not_a_database_is_unavailable_until_it_is_one(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    path.write_bytes(b"not a database, but it is long enough to have a header" * 4)
+    with EmbeddedEventStore(path) as store:
+        with pytest.raises(EventStoreUnavailable) as raised:
+            store.read_all()
+        assert str(raised.value) == (
+            f"embedded event store {path} is unavailable: file is not a database")
+        path.write_bytes(b"")  # an empty file is an empty database
+        assert store.append("payments-a", [new_event()], StreamState.NO_STREAM).version == 0
+
+
+def test_an_append_blocked_by_another_program_s_write_says_unavailable_in_time(
+    tmp_path: Path,
+) -> None:
+    """Another program (the sqlite3 shell, a repair script) holding the write lock: the
+    append waits the store's timeout, not SQLite's default, and the next one works."""
+    store = EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=0.2)
+    try:
+        store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(EventStoreUnavailable, match="is unavailable: database is locked"):
+            store.append("payments-a", [new_event()], 0)
+        assert time.monotonic() - started < 2
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.append("payments-a", [new_event()], 0).version == 1
+    finally:
+        store.close()
+
+
+def open_files(folder: Path) -> list[str]:
+    """The files under ``folder`` this process holds open (Linux: /proc/self/fd)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                names.append(Path(target).name)
+    return sorted(names)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                                reason="needs /proc/self/fd (Linux)")
+
+
+@needs_proc
+def test_a_connection_that_hit_an_io_error_is_replaced_by_a_fresh_one(tmp_path: Path) -> None:
+    """The connection's log file now fails every write (as a stale or full device would):
+    the append says unavailable, and the retry opens the files again and succeeds."""
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=1.0) as store:
+        store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+        full = os.open("/dev/full", os.O_RDWR)
+        try:
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/self/fd/{fd}") == f"{store.path}-wal":
+                        os.dup2(full, int(fd))
+        finally:
+            os.close(full)
+        retried = new_event()
+        with pytest.raises(EventStoreUnavailable, match="database or disk is full"):
+            store.append("payments-a", [retried], 0)
+        assert store.append("payments-a", [retried], 0).version == 1
+        assert len(store.read_stream("payments-a")) == 2
+
+
+@needs_proc
+def test_calls_reuse_the_thread_s_connection_and_close_releases_every_file(
+    tmp_path: Path,
+) -> None:
+    for stream in ("payments-a", "payments-b"):  # the second store after the first closed
+        store = EmbeddedEventStore(tmp_path / "events.sqlite3")
+        for version in range(20):
+            expected = StreamState.NO_STREAM if version == 0 else version - 1
+            store.append(stream, [new_event()], expected)
+            store.read_stream(stream)
+            store.read_all()
+            store.head_position()
+        assert open_files(tmp_path) == [
+            "events.sqlite3", "events.sqlite3-shm", "events.sqlite3-wal",
+            "events.sqlite3-writer.lock",
+        ]
+        store.close()
+        assert open_files(tmp_path) == []
+        store.close()  # a second close is harmless
+
+
+def test_the_lock_file_is_readable_by_all_and_writable_by_the_owner_only(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    embedded_store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(os.stat(f"{embedded_store.path}-writer.lock").st_mode)
+    assert mode == 0o644 & ~umask
+
+
+def test_a_closed_store_refuses_every_call(embedded_store: EmbeddedEventStore) -> None:
+    embedded_store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    subscription = embedded_store.subscribe()
+    embedded_store.close()
+    calls = [
+        lambda: embedded_store.append("payments-a", [new_event()], 0),
+        lambda: embedded_store.read_stream("payments-a"),
+        lambda: embedded_store.read_all(),
+        lambda: embedded_store.head_position(),
+        lambda: subscription.get(timeout=0),
+    ]
+    for call in calls:
+        with pytest.raises(EventStoreUnavailable, match=r"^the event store is closed$"):
+            call()
+
+
+def test_a_store_opened_directly_waits_as_long_as_one_opened_by_uri(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    with EmbeddedEventStore(path) as direct, open_event_store(f"sqlite:///{path}") as by_uri:
+        assert direct.timeout == by_uri.timeout
+
+
+# --- rows another tool wrote --------------------------------------------------------
+
+def store_foreign_row(store: EmbeddedEventStore, stream: str, event_id: bytes) -> int:
+    """A row written without the store (a repair script, another program); its position."""
+    store.head_position()  # the store has made its file
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:  # closed, committed
+        return db.execute(
+            "INSERT INTO events (event_id, stream, category, version, type, data, metadata,"
+            " recorded_at) VALUES (?, ?, ?, 0, 'Repaired', x'7b7d', x'7b7d', 0)",
+            (event_id, stream, stream.split("-")[0]),
+        ).lastrowid
+
+
+def test_a_row_the_store_cannot_read_is_named_by_its_place(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    position = store_foreign_row(embedded_store, "payments-x", b"\x00")
+    with pytest.raises(UnreadableEvent) as raised:
+        embedded_store.read_stream("payments-x")
+    error = raised.value
+    assert (error.position, error.stream, error.type, error.reason) == (
+        position, "payments-x", "Repaired", "the stored row: bytes is not a 16-char string")
+
+
+def append_one_each(store: EmbeddedEventStore, streams: list[str]) -> list[int]:
+    """One event in each stream; their positions."""
+    return [store.append(s, [new_event()], StreamState.NO_STREAM).position for s in streams]
+
+
+def test_a_page_ends_before_an_unreadable_row_and_the_next_read_names_it(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    good = append_one_each(embedded_store, ["payments-a", "payments-b", "payments-c"])
+    bad = store_foreign_row(embedded_store, "payments-x", b"\x00")
+    append_one_each(embedded_store, ["payments-d"])
+    events, covered = embedded_store.read_page(after=None, category="payments", limit=10)
+    assert ([e.position for e in events], covered) == (good, good[-1])
+    with pytest.raises(UnreadableEvent) as raised:
+        embedded_store.read_page(after=covered, category="payments", limit=10)
+    assert raised.value.position == bad
+
+
+def test_a_page_covers_up_to_its_last_event_when_full_else_to_the_store_s_last(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    """A full page says nothing of what lies beyond it; a page that is not full has seen
+    everything, other categories' events included."""
+    assert embedded_store.read_page(after=None, category="payments", limit=3) == ([], 0)
+    mine = append_one_each(embedded_store, [f"payments-{n}" for n in range(4)])
+    others = append_one_each(embedded_store, ["shipping-a", "shipping-b"])
+    events, covered = embedded_store.read_page(after=None, category="payments", limit=3)
+    assert ([e.position for e in events], covered) == (mine[:3], mine[2])
+    events, covered = embedded_store.read_page(after=mine[2], category="payments", limit=3)
+    assert ([e.position for e in events], covered) == (mine[3:], others[-1])
+    assert embedded_store.read_page(after=others[-1], category="payments", limit=3) == (
+        [], others[-1])
+
+
+def test_the_head_is_the_category_s_last_event_and_zero_before_any(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    assert embedded_store.head_position() == 0
+    [mine] = append_one_each(embedded_store, ["payments-a"])
+    append_one_each(embedded_store, ["shipping-a"])
+    assert embedded_store.head_position() == mine  # "payments" unless told otherwise
+
+
+# --- the subscription ------------------------------------------------------------------
+
+def test_a_subscription_follows_the_payments_category_unless_told_otherwise(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    append_one_each(embedded_store, ["shipping-a"])
+    [mine] = append_one_each(embedded_store, ["payments-a"])
+    with embedded_store.subscribe() as subscription:
+        assert subscription.get(timeout=0).position == mine
+
+
+def test_a_subscription_starts_where_it_is_told_and_an_empty_store_covers_nothing(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    """On an empty store the position stays 0: a checkpoint moved past it would skip the
+    first event ever appended."""
+    with embedded_store.subscribe(after=7) as resumed:
+        assert resumed.position == 7
+    with embedded_store.subscribe() as subscription:
+        assert subscription.position == 0
+        assert subscription.get(timeout=0) is None
+        assert subscription.position == 0
+        [first] = append_one_each(embedded_store, ["payments-a"])
+        assert subscription.get(timeout=0).position == first == 1
+
+
+def test_get_waits_the_whole_timeout_for_a_live_event_before_saying_none(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    with embedded_store.subscribe() as subscription:
+        started = time.monotonic()
+        assert subscription.get(timeout=0.2) is None
+        assert time.monotonic() - started >= 0.2
+
+
+def test_a_closed_subscription_returns_nothing_more(embedded_store: EmbeddedEventStore) -> None:
+    append_one_each(embedded_store, ["payments-a"])
+    subscription = embedded_store.subscribe()
+    assert subscription.closed is False
+    subscription.close()
+    assert subscription.closed is True
+    started = time.monotonic()
+    assert subscription.get(timeout=5) is None
+    assert subscription.get_many(10, timeout=5) == []
+    assert time.monotonic() - started < 1
+
+
+@pytest.fixture
+def pages_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small pages, so a few events cross page boundaries."""
+    monkeypatch.setattr(EmbeddedSubscription, "PAGE", 2)
+
+
+@pytest.mark.usefixtures("pages_of_two")
+def test_get_many_takes_whole_batches_across_pages_in_order(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    mine = append_one_each(embedded_store, [f"payments-{n}" for n in range(5)])
+    others = append_one_each(embedded_store, ["shipping-a"])
+    with embedded_store.subscribe() as subscription:
+        assert [e.position for e in subscription.get_many(4, timeout=0)] == mine[:4]
+        assert subscription.position == mine[3]
+        assert [e.position for e in subscription.get_many(10, timeout=0)] == mine[4:]
+        assert subscription.position == others[-1]  # the last read looked past them
+        assert subscription.get_many(10, timeout=0) == []
+
+
+def test_get_many_never_returns_more_than_asked(embedded_store: EmbeddedEventStore) -> None:
+    mine = append_one_each(embedded_store, [f"payments-{n}" for n in range(5)])
+    with embedded_store.subscribe() as subscription:  # one page holds all five
+        assert [e.position for e in subscription.get_many(3, timeout=0)] == mine[:3]
+        assert [e.position for e in subscription.get_many(3, timeout=0)] == mine[3:]
+
+
+@pytest.mark.usefixtures("pages_of_two")
+def test_a_catch_up_reads_a_page_at_a_time_and_each_read_covers_the_store_then(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    """At most a page of events in memory however long the catch-up; the page that is not
+    full also covers what other categories appended meanwhile."""
+    mine = append_one_each(embedded_store, ["payments-a", "payments-b", "payments-c"])
+    with embedded_store.subscribe() as subscription:
+        assert subscription.get(timeout=0).position == mine[0]
+        [other] = append_one_each(embedded_store, ["shipping-a"])
+        assert [subscription.get(timeout=0).position for _ in mine[1:]] == mine[1:]
+        assert subscription.position == other
+
+
+@pytest.mark.usefixtures("pages_of_two")
+def test_get_returns_each_event_once_across_pages(embedded_store: EmbeddedEventStore) -> None:
+    mine = append_one_each(embedded_store, [f"payments-{n}" for n in range(5)])
+    with embedded_store.subscribe() as subscription:
+        received = []
+        for _ in mine:
+            received.append(subscription.get(timeout=0).position)
+            assert subscription.position == received[-1]
+        assert received == mine
+        assert subscription.get(timeout=0) is None
+
+
+def test_get_many_returns_the_events_before_an_unreadable_one_then_names_it(
+    embedded_store: EmbeddedEventStore,
+) -> None:
+    good = append_one_each(embedded_store, ["payments-a", "payments-b"])
+    bad = store_foreign_row(embedded_store, "payments-x", b"\x00")
+    with embedded_store.subscribe() as subscription:
+        assert [e.position for e in subscription.get_many(10, timeout=0)] == good
+        with pytest.raises(UnreadableEvent) as raised:
+            subscription.get_many(10, timeout=0)
+        assert raised.value.position == bad

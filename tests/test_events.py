@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import fields
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -13,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from payments import events as contract
 from payments import text
 from payments.events import (
     EVENT_TYPES,
@@ -22,13 +26,17 @@ from payments.events import (
     PaymentDeclined,
     PaymentRefunded,
     PaymentSettled,
+    decode_document,
     decode_event,
     decode_metadata,
     decode_recorded,
     encode_data,
     encode_metadata,
+    format_timestamp,
     payment_id_from_stream,
+    read_recorded,
     stream_name,
+    upcast,
 )
 from payments.eventstore import RecordedEvent, UnreadableEvent
 
@@ -201,3 +209,180 @@ def test_a_recorded_event_that_does_not_decode_is_the_ports_error_with_its_posit
                                               r" PaymentRefunded\) cannot be read") as raised:
         decode_recorded(record)
     assert raised.value.position == 42
+
+
+# --- what a reader is told when stored data is not an event (the runner shows it) -----
+
+CREATED = ('{"payment_id":"0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11",'
+           '"occurred_at":"2026-11-29T13:05:00Z","amount":%s,"currency":"EUR"}')
+
+
+@pytest.mark.parametrize(("type_name", "data", "metadata", "reason"), [
+    ("PaymentVoided", b"{}", b"", "unknown event type 'PaymentVoided'"),
+    ("PaymentCreated", b"not json", b"",
+     "bad PaymentCreated data: not JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("PaymentCreated", b"[1]", b"", "bad PaymentCreated data: not a JSON object"),
+    ("PaymentCreated", b"{}", b"nope",
+     "metadata is not JSON: Expecting value: line 1 column 1 (char 0)"),
+    ("PaymentCreated", b"{}", b"[]", "metadata is not a JSON object"),
+    ("PaymentCreated", (CREATED % "100").encode(), b"",
+     "bad PaymentCreated data: TypeError('expected a string, got 100')"),
+    ("PaymentCreated", (CREATED % '"NaN"').encode(), b"",
+     "bad PaymentCreated data: ValueError(\"'NaN' is not a finite amount\")"),
+    ("PaymentCreated", (CREATED % '"1.00"').replace("00Z", "00").encode(), b"",
+     "bad PaymentCreated data: ValueError(\"'2026-11-29T13:05:00' has no time zone\")"),
+    ("PaymentCreated", b'{"payment_id":"0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11"}', b"",
+     "bad PaymentCreated data: KeyError('occurred_at')"),
+    ("PaymentRefunded", b"{}", b'{"schemaVersion": 2}',
+     "PaymentRefunded schema version 2 is not supported (this code reads versions 1 to 1)"),
+    ("PaymentRefunded", b"{}", b'{"schemaVersion": "1"}',
+     "PaymentRefunded schema version '1' is not supported (this code reads versions 1 to 1)"),
+])
+def test_undecodable_data_is_refused_with_a_reason_that_says_what_is_wrong(
+    type_name: str, data: bytes, metadata: bytes, reason: str
+) -> None:
+    """The reason is what an operator reads when a projection stops on the event."""
+    record = RecordedEvent(id=uuid4(), stream=stream_name(PAYMENT_ID), type=type_name,
+                           data=data, metadata=metadata, version=0, position=7)
+    with pytest.raises(UnreadableEvent) as raised:
+        decode_recorded(record)
+    assert (raised.value.position, raised.value.type, raised.value.reason) == (
+        7, type_name, reason)
+    assert str(raised.value).endswith(f"cannot be read: {reason}")
+
+
+# Deeper than the repair can walk, not than json can parse: a level costs the repair two
+# Python frames before 3.12 (a comprehension was a call of its own), one since.
+TOO_DEEP_TO_REPAIR = 600 if sys.version_info < (3, 12) else 1200
+
+
+def test_a_document_too_deep_to_repair_is_refused_by_name() -> None:
+    data = (b'{"x":"\\u0000","y":' + b"[" * TOO_DEEP_TO_REPAIR + b"]" * TOO_DEEP_TO_REPAIR
+            + b"}")
+    with pytest.raises(EventDecodeError) as raised:
+        decode_document("PaymentCreated", data)
+    assert str(raised.value) == "bad PaymentCreated data: nested too deeply"
+
+
+def test_a_recorded_event_decodes_to_its_event_and_its_document() -> None:
+    event = PaymentRefunded(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("2.50"),
+                            refund_id=REF_ID)
+    record = RecordedEvent(id=uuid4(), stream=stream_name(PAYMENT_ID), type="PaymentRefunded",
+                           data=encode_data(event), metadata=encode_metadata(
+                               correlation_id=REF_ID, causation_id=REF_ID),
+                           version=1, position=9)
+    assert decode_recorded(record) == event
+    assert read_recorded(record) == (json.loads(encode_data(event)), event)
+
+
+def test_a_document_stored_without_metadata_is_at_version_one() -> None:
+    data = (CREATED % '"5.00"').encode()
+    assert decode_document("PaymentCreated", data) == json.loads(data)
+
+
+@pytest.mark.parametrize("stream", ["payments", "payment-0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11"])
+def test_a_stream_outside_the_payments_category_is_named_in_the_refusal(stream: str) -> None:
+    with pytest.raises(EventDecodeError) as raised:
+        payment_id_from_stream(stream)
+    assert str(raised.value) == f"{stream!r} is not a payment stream"
+
+
+def test_a_naive_timestamp_is_refused_rather_than_guessed() -> None:
+    with pytest.raises(ValueError, match=r"^timestamps must be timezone-aware$"):
+        format_timestamp(datetime(2026, 11, 29, 13, 5))
+
+
+@pytest.fixture
+def local_time_five_hours_behind_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A machine whose local time zone is not UTC (POSIX TZ: no tz database needed)."""
+    monkeypatch.setenv("TZ", "EST5")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_five_hours_behind_utc")
+def test_timestamps_are_utc_whatever_the_machine_s_time_zone() -> None:
+    """Written with a Z and decoded in UTC: the decline report's date is the UTC date."""
+    late_evening_in_new_york = datetime(2026, 11, 29, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    event = PaymentDeclined(payment_id=PAYMENT_ID, occurred_at=late_evening_in_new_york,
+                            bank_name="B", decline_code="05", decline_id=REF_ID)
+    data = encode_data(event)
+    assert json.loads(data)["occurred_at"] == "2026-11-30T04:30:00.000000Z"
+    decoded = decode_event("PaymentDeclined", data.replace(b"2026-11-30T04:30:00.000000Z",
+                                                           b"2026-11-29T23:30:00-05:00"))
+    assert decoded.occurred_at.utcoffset() == timedelta(0)
+    assert decoded.occurred_at.date() == date(2026, 11, 30)
+
+
+@pytest.mark.parametrize(("stored", "decoded"), [
+    ("Cafe\u0301", "Caf\u00e9"),  # raw UTF-8, not escaped: still normalised
+    ("\u202eevil", "\ufffdevil"),
+    ("Ac\x7fme", "Ac\ufffdme"),  # DEL is ASCII yet forbidden (Cc)
+])
+def test_unescaped_text_another_tool_stored_is_repaired(stored: str, decoded: str) -> None:
+    data = json.dumps({"payment_id": str(PAYMENT_ID), "occurred_at": "2026-11-29T13:05:00Z",
+                       "bank_name": stored, "authorization_id": str(REF_ID)},
+                      ensure_ascii=False).encode()
+    assert decode_event("PaymentAuthorized", data).bank_name == decoded
+
+
+def test_every_string_of_a_stored_document_is_repaired_not_only_the_fields() -> None:
+    """Histories show the whole document, with any fields another writer added."""
+    data = json.dumps({"payment_id": str(PAYMENT_ID), "notes": ["a\u0000b", {"k\u202e": "v"}],
+                       "count": 3}).encode()
+    assert decode_document("PaymentRefunded", data) == {
+        "payment_id": str(PAYMENT_ID), "notes": ["a\ufffdb", {"k\ufffd": "v"}], "count": 3,
+    }
+
+
+# --- upcasting: as the code will be after schema bumps --------------------------------
+
+OLD_METADATA = b'{"$correlationId":"c","$causationId":"c","schemaVersion":%d}'
+
+
+@pytest.fixture
+def schema_at_version_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two bumps: PaymentCreated changed at 1→2 and 2→3, PaymentRefunded only at 2→3.
+    Each upcaster notes its step, so a test sees which ran and in what order."""
+    monkeypatch.setattr(contract, "SCHEMA_VERSION", 3)
+    # How decoding spots our own current metadata; the module derives it at import.
+    monkeypatch.setattr(contract, "_CURRENT_VERSION_SUFFIX", b'"schemaVersion":3}')
+
+    def step(name: str) -> Callable[[dict], dict]:
+        return lambda document: {**document, "steps": [*document.get("steps", []), name]}
+
+    monkeypatch.setitem(contract.UPCASTERS, ("PaymentCreated", 1), step("created 1→2"))
+    monkeypatch.setitem(contract.UPCASTERS, ("PaymentCreated", 2), step("created 2→3"))
+    monkeypatch.setitem(contract.UPCASTERS, ("PaymentRefunded", 2), step("refunded 2→3"))
+
+
+@pytest.mark.usefixtures("schema_at_version_3")
+@pytest.mark.parametrize(("type_name", "version", "steps"), [
+    ("PaymentCreated", 1, ["created 1→2", "created 2→3"]),
+    ("PaymentCreated", 2, ["created 2→3"]),
+    ("PaymentRefunded", 1, ["refunded 2→3"]),  # no change at 1→2 for this type
+    ("PaymentRefunded", 2, ["refunded 2→3"]),
+])
+def test_an_old_document_passes_each_later_upcaster_once_in_order(
+    type_name: str, version: int, steps: list[str]
+) -> None:
+    stored = decode_document(type_name, b'{"payment_id":"p"}', OLD_METADATA % version)
+    assert stored == {"payment_id": "p", "steps": steps}
+
+
+@pytest.mark.usefixtures("schema_at_version_3")
+def test_a_document_at_the_current_version_passes_no_upcaster() -> None:
+    assert decode_document("PaymentCreated", b'{"payment_id":"p"}', OLD_METADATA % 3) == {
+        "payment_id": "p"}
+    assert upcast("PaymentCreated", 3, {"payment_id": "p"}) == {"payment_id": "p"}
+
+
+@pytest.mark.usefixtures("schema_at_version_3")
+@pytest.mark.parametrize("version", [0, 4])
+def test_a_version_outside_one_to_current_is_refused_by_upcast(version: int) -> None:
+    with pytest.raises(EventDecodeError) as raised:
+        upcast("PaymentCreated", version, {})
+    assert str(raised.value) == (f"PaymentCreated schema version {version} is not supported"
+                                 " (this code reads versions 1 to 3)")

@@ -264,8 +264,10 @@ def test_a_subscription_resumes_after_a_position_and_misses_nothing(harness: Har
     with harness.store.subscribe(after=positions[0], category=harness.category) as subscription:
         writer = threading.Thread(target=write_the_rest)
         writer.start()
-        received = [subscription.get(timeout=10) for _ in streams[1:]]
-        writer.join()
+        try:
+            received = [subscription.get(timeout=10) for _ in streams[1:]]
+        finally:
+            writer.join()  # before the store closes, even when get fails
     assert [r.stream for r in received if r] == streams[1:]
 
 
@@ -296,12 +298,14 @@ def test_a_subscriber_never_skips_an_event_while_many_write_at_once(harness: Har
         for thread in threads:
             thread.start()
         received = []
-        while len(received) < writers * per_writer:
-            arrived = subscription.get(timeout=10)
-            assert arrived is not None, f"only {len(received)} events arrived"
-            received.append(arrived)
-        for thread in threads:
-            thread.join()
+        try:
+            while len(received) < writers * per_writer:
+                arrived = subscription.get(timeout=10)
+                assert arrived is not None, f"only {len(received)} events arrived"
+                received.append(arrived)
+        finally:
+            for thread in threads:  # before the store closes, even when get fails
+                thread.join()
     positions = [r.position for r in received]
     assert positions == sorted(set(positions))
     assert positions == [r.position for r in harness.store.read_all(category=harness.category)]
