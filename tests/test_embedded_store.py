@@ -305,6 +305,19 @@ def test_a_closed_store_refuses_every_call(embedded_store: EmbeddedEventStore) -
             call()
 
 
+@needs_proc
+def test_an_append_to_a_closed_store_opens_nothing(tmp_path: Path) -> None:
+    """Found by the mutation run: the refusal came after the writers' lock file was
+    opened again, and that descriptor was never closed."""
+    store = EmbeddedEventStore(tmp_path / "events.sqlite3")
+    store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    store.close()
+    assert open_files(tmp_path) == []
+    with pytest.raises(EventStoreUnavailable, match=r"^the event store is closed$"):
+        store.append("payments-a", [new_event()], 0)
+    assert open_files(tmp_path) == []
+
+
 def test_a_store_opened_directly_waits_as_long_as_one_opened_by_uri(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
     with EmbeddedEventStore(path) as direct, open_event_store(f"sqlite:///{path}") as by_uri:

@@ -234,20 +234,21 @@ class EmbeddedEventStore(Closing):
         """Append in one durable transaction; the version check is part of the insert."""
         if not events:
             raise ValueError("nothing to append")
-        with self._guard(), self._one_writer():
-            connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                result = self._insert(connection, stream, events, expected_version)
-                if result is None:
-                    result = self._replayed(connection, stream, events, expected_version)
-                    connection.execute("ROLLBACK")
-                else:
-                    connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
+        with self._guard():
+            connection = self._connection()  # first: a closed store opens no lock file
+            with self._one_writer():
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    result = self._insert(connection, stream, events, expected_version)
+                    if result is None:
+                        result = self._replayed(connection, stream, events, expected_version)
+                        connection.execute("ROLLBACK")
+                    else:
+                        connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
         with self._appended:
             self._appended.notify_all()
         return result
