@@ -94,3 +94,13 @@ def test_a_following_runner_line_never_reads_of_0() -> None:
     reporter = _Reporter(OutputWrapper(later), show_bar=False, once=False)
     reporter.report("payment", Progress(applied=5, start=0, position=5, head=9))
     assert later.getvalue().startswith("payment: 5 events applied, at position 5 of 9, ")
+
+
+def test_a_batch_too_large_for_one_postgresql_statement_is_refused() -> None:
+    with pytest.raises(CommandError) as refused:
+        run_projection("all", "--once", "--batch-size", "10001")
+    assert str(refused.value) == (
+        "--batch-size must be at most 10,000: a batch's rows are written in statements that"
+        " must stay under PostgreSQL's 65,535 parameters")
+    assert run_projection("all", "--once", "--batch-size", "10000").endswith(
+        "checkpoint at 0\n")

@@ -26,6 +26,10 @@ from projections.runner import (
 )
 
 LOG_EVERY_SECONDS = 5.0
+# The projectors write a batch's rows in statements of at most 500 rows; one batch of
+# events makes at most one row per event, so this keeps even one statement per batch
+# (16,383 rows of 4 columns) under PostgreSQL's limit of 65,535 parameters.
+MAX_BATCH_SIZE = 10_000
 MAX_REASON = 2000  # characters of a failure's reason kept for status, /readyz and the log
 
 logger = logging.getLogger("projections.runner")
@@ -49,6 +53,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
+        if options["batch_size"] > MAX_BATCH_SIZE:
+            raise CommandError(
+                f"--batch-size must be at most {MAX_BATCH_SIZE:,}: a batch's rows are written"
+                " in statements that must stay under PostgreSQL's 65,535 parameters")
         names = list(PROJECTIONS) if options["projection"] == "all" else [options["projection"]]
         stop = threading.Event()
         previous = _stop_on_signals(stop)
