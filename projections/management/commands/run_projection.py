@@ -26,9 +26,9 @@ from projections.runner import (
 )
 
 LOG_EVERY_SECONDS = 5.0
-# The projectors write a batch's rows in statements of at most 500 rows; one batch of
-# events makes at most one row per event, so this keeps even one statement per batch
-# (16,383 rows of 4 columns) under PostgreSQL's limit of 65,535 parameters.
+# A batch of events makes at most one read-model row per event, so even a single
+# statement for a whole batch (10,000 rows of up to 5 columns) stays under PostgreSQL's
+# limit of 65,535 parameters, whatever statement size the projectors choose.
 MAX_BATCH_SIZE = 10_000
 MAX_REASON = 2000  # characters of a failure's reason kept for status, /readyz and the log
 
