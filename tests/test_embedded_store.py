@@ -318,6 +318,36 @@ def test_an_append_to_a_closed_store_opens_nothing(tmp_path: Path) -> None:
     assert open_files(tmp_path) == []
 
 
+def test_a_writers_lock_file_that_cannot_be_opened_is_unavailable_and_says_why(
+        tmp_path: Path) -> None:
+    store = EmbeddedEventStore(tmp_path / "events.sqlite3")
+    (tmp_path / "events.sqlite3-writer.lock").mkdir()  # something else has the name
+    with pytest.raises(EventStoreUnavailable) as refused:
+        store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+    assert str(refused.value) == (
+        f"embedded event store {store.path} is unavailable: [Errno 21] Is a directory:"
+        f" '{tmp_path / 'events.sqlite3-writer.lock'}'")
+    store.close()
+
+
+def test_a_forked_child_takes_its_turn_on_a_lock_file_of_its_own(tmp_path: Path) -> None:
+    """A server that forks its workers after the store was made (gunicorn --preload):
+    an inherited descriptor would share the parent's lock, so the child opens its own
+    and waits for the parent's turn to end."""
+    store = EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=0.3)
+    fcntl.flock(store._writer_lock_file(), fcntl.LOCK_EX)  # the parent is appending
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's outcome is its exit code
+        try:
+            store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+        except EventStoreUnavailable as e:
+            os._exit(3 if "is busy" in str(e) else 4)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    store.close()
+    assert os.waitstatus_to_exitcode(status) == 3  # waited, and said so in time
+
+
 def test_a_store_opened_directly_waits_as_long_as_one_opened_by_uri(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
     with EmbeddedEventStore(path) as direct, open_event_store(f"sqlite:///{path}") as by_uri:

@@ -202,8 +202,7 @@ class EmbeddedEventStore(Closing):
         """This process's descriptor of the lock file (a forked child opens its own:
         an inherited descriptor would share the parent's lock)."""
         if self._writer_fd is None or self._writer_pid != os.getpid():
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # the folder is there: append opened its connection first
                 self._writer_fd = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT,
                                           0o644)
             except OSError as e:
