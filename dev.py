@@ -325,10 +325,14 @@ def test(pytest_args: list[str]) -> None:
        env={**env, "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db.sqlite3'}"})
     print(f"== SQLite run passed in {time.monotonic() - started:.0f} s ==", flush=True)
     if pytest_args:
-        print("== PostgreSQL run: skipped, pytest arguments were given"
-              " (python3 dev.py test alone runs both) ==")
+        print("== PostgreSQL run and mutation run: skipped, pytest arguments were given"
+              " (python3 dev.py test alone runs them) ==")
         return
     postgres_run(env)
+    # The money rules: every mutant of the domain must be killed or listed as equivalent
+    # (docs/TESTING.md). The other core files take minutes each: python3 dev.py mutate.
+    print("\n== mutation run: payments/domain.py ==", flush=True)
+    mutate(["payments/domain.py"])
 
 
 TESTING_DOC = ROOT / "docs" / "TESTING.md"
@@ -388,7 +392,8 @@ def mutate(files: list[str]) -> None:
         sys.exit(f"not configured for mutation testing: {', '.join(unknown)}"
                  f" (pyproject.toml [tool.dev.mutate] has {', '.join(groups)})")
     env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "tests-only-not-a-secret",
-           "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db-mutate.sqlite3'}"}
+           "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db-mutate.sqlite3'}",
+           "HYPOTHESIS_PROFILE": "mutate"}  # generated tests: the same examples each run
     documented = TESTING_DOC.read_text() if TESTING_DOC.exists() else ""
     lines, undocumented = [], 0
     for file in files or list(groups):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from payments.eventstore import EventStore, reset_event_store
 from payments.eventstore.embedded import EmbeddedEventStore
+
+# dev.py mutate runs the tests once per mutant: generated tests then draw the same
+# examples every time (profiles of a test file say so again for their own settings).
+settings.register_profile("mutate", derandomize=True, database=None)
+if os.environ.get("HYPOTHESIS_PROFILE") == "mutate":
+    settings.load_profile("mutate")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -266,8 +266,11 @@ settings.register_profile("domain-rules-ci", max_examples=400, deadline=None, da
                           suppress_health_check=HEALTH, print_blob=True)
 settings.register_profile("domain-rules-dev", max_examples=4000, deadline=None,
                           suppress_health_check=HEALTH, print_blob=True)
-PROFILE = settings.get_profile(
-    "domain-rules-dev" if os.environ.get("HYPOTHESIS_PROFILE") == "dev" else "domain-rules-ci")
+# dev.py mutate: the same examples for every mutant and every run, so a score is stable.
+settings.register_profile("domain-rules-mutate", parent=settings.get_profile("domain-rules-ci"),
+                          derandomize=True)
+PROFILE = settings.get_profile({"dev": "domain-rules-dev", "mutate": "domain-rules-mutate"}
+                               .get(os.environ.get("HYPOTHESIS_PROFILE", ""), "domain-rules-ci"))
 
 
 @dataclass
