@@ -16,6 +16,7 @@ host or an error's text; the reason of a failure goes to the log.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,8 +40,19 @@ STORE_DEADLINE = 2.0  # seconds: a probe must answer before the prober's own tim
 LAG_CAP = 1000  # events counted per lag on each probe; more shows as lag_capped
 
 # The head is read in a worker so the probe can stop waiting at the deadline (a call
-# that hangs still ends at EVENTSTORE_TIMEOUT, in the worker).
-_store_probe = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+# that hangs still ends at EVENTSTORE_TIMEOUT, in the worker). A forked process (a
+# gunicorn worker of a preloaded app, say) gets a pool of its own: the parent's worker
+# threads do not exist in the child, and its pool would never run a probe.
+_store_probe: ThreadPoolExecutor
+
+
+def _new_probe_pool() -> None:
+    global _store_probe  # one pool per process, replaced on fork
+    _store_probe = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+
+
+_new_probe_pool()
+os.register_at_fork(after_in_child=_new_probe_pool)
 
 
 @dataclass(frozen=True)

@@ -122,15 +122,16 @@ def _sqlite_datetime(moment: datetime) -> str:
 
 
 def _payment_values(payment: Payment, position: int, *, sqlite: bool) -> tuple[object, ...]:
+    # Amounts go as Decimal on both: Django's SQLite backend adapts Decimal to str.
     assert payment.created_at is not None
     assert payment.updated_at is not None
     return (
         payment.id.hex if sqlite else payment.id,
         payment.status.value,
-        str(payment.amount) if sqlite else payment.amount,
+        payment.amount,
         payment.currency,
-        str(payment.settled_amount) if sqlite else payment.settled_amount,
-        str(payment.refunded_amount) if sqlite else payment.refunded_amount,
+        payment.settled_amount,
+        payment.refunded_amount,
         payment.bank_name or "",
         payment.decline_code or "",
         _sqlite_datetime(payment.created_at) if sqlite else payment.created_at,
@@ -214,7 +215,9 @@ class DeclineProjection:
         if not counts:
             return
         # A superset by each column (few distinct values), narrowed here: no long OR chain.
-        codes, banks, days = (set(column) for column in zip(*counts, strict=True))
+        codes = {code for code, _, _ in counts}
+        banks = {bank for _, bank, _ in counts}
+        days = {day for _, _, day in counts}
         existing = {
             (r.decline_code, r.bank_name, r.date): r
             for r in DeclineView.objects.filter(

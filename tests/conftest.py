@@ -20,6 +20,24 @@ if os.environ.get("HYPOTHESIS_PROFILE") == "mutate":
     settings.load_profile("mutate")
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """The SQLite test database's file named by this process, made where it can be.
+
+    The settings name it once, at import; a process forked after that (mutmut's runs of
+    each mutant) would share the file with its siblings. And its folder, var/, is not
+    there in mutmut's copy of the project.
+    """
+    from django.conf import settings
+
+    test = settings.DATABASES["default"].get("TEST", {})
+    name = test.get("NAME")
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") and name:
+        path = Path(str(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        test["NAME"] = str(path.with_name(f"test-db-{os.getpid()}.sqlite3"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_test_database_lock_files() -> Iterator[None]:
     """The test database's leftovers (runner locks, WAL files) go with it."""

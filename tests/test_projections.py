@@ -8,8 +8,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
+from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,9 +30,11 @@ from projections.projectors import (
     DeclineProjection,
     Decoded,
     PaymentProjection,
+    ProjectionError,
     payment_from_row,
 )
 from tests.test_domain import amounts, commands, run
+from tests.test_runner import snapshot
 
 T0 = datetime(2026, 11, 29, 23, 59, 58, tzinfo=UTC)
 
@@ -73,21 +78,24 @@ def lifecycle(history: History, *steps: str, amount: str = "100.00") -> UUID:
 
 def test_payment_projector_follows_each_event() -> None:
     history = History()
-    payment_id = lifecycle(history, "authorize Acme", "settle 40.00", "settle", "refund 10.00")
+    payment_id = lifecycle(history, "authorize Acme", "settle 40.00", "settle", "refund 10.00",
+                           "refund")
     projection = PaymentProjection()
-    expected_statuses = ["pending", "authorized", "partially_settled", "settled",
-                         "partially_refunded"]
-    for item, status in zip(history.items, expected_statuses, strict=True):
+    expected = [("pending", "0.00", "0.00"), ("authorized", "0.00", "0.00"),
+                ("partially_settled", "40.00", "0.00"), ("settled", "100.00", "0.00"),
+                ("partially_refunded", "100.00", "10.00"), ("refunded", "100.00", "100.00")]
+    # One event per batch: each step starts from what the row says (payment_from_row).
+    for item, (status, settled, refunded) in zip(history.items, expected, strict=True):
         projection.apply([item])
         row = PaymentView.objects.get(payment_id=payment_id)
-        assert row.status == status
+        assert (row.status, row.settled_amount, row.refunded_amount) == (
+            status, Decimal(settled), Decimal(refunded))
         assert (row.version, row.position) == (item.record.version, item.record.position)
     row = PaymentView.objects.get(payment_id=payment_id)
-    assert (row.amount, row.settled_amount, row.refunded_amount) == (
-        Decimal("100.00"), Decimal("100.00"), Decimal("10.00"))
+    assert row.amount == Decimal("100.00")
     assert row.bank_name == "Acme"
     assert row.created_at == T0
-    assert row.updated_at == T0 + timedelta(seconds=4)
+    assert row.updated_at == T0 + timedelta(seconds=5)
 
 
 def test_decline_projector_counts_by_code_bank_and_utc_date() -> None:
@@ -109,6 +117,115 @@ def test_decline_projector_counts_by_code_bank_and_utc_date() -> None:
     # the runner moves the checkpoint in the same transaction.
     projection.apply(history.items[1:2])
     assert DeclineView.objects.get(decline_code="05", date=T0.date()).count == 2
+
+
+def test_declines_of_one_code_bank_and_date_in_one_batch_add_up() -> None:
+    history = History()
+    for _ in range(3):
+        lifecycle(history, "decline 51")
+    DeclineProjection().apply(history.items)
+    assert list(DeclineView.objects.values_list("decline_code", "bank_name", "date", "count")) \
+        == [("51", "Bank", T0.date(), 3)]
+
+
+def test_declines_are_dated_in_utc_whatever_the_sites_time_zone() -> None:
+    """In Auckland (UTC+13 in November) a decline at 23:59:59 UTC on the 29th happens on
+    the 30th; the report counts it on the 29th, its UTC date, wherever the site runs."""
+    history = History()
+    lifecycle(history, "decline 05")
+    with override_settings(TIME_ZONE="Pacific/Auckland"):  # the process's local time too
+        DeclineProjection().apply(history.items)
+    assert DeclineView.objects.get().date == T0.date()
+
+
+def three_payments(history: History) -> list[UUID]:
+    """A pending, a declined and a partially refunded payment: every optional field both
+    empty and set."""
+    return [lifecycle(history),
+            lifecycle(history, "authorize Acme", "decline N7"),
+            lifecycle(history, "authorize Acme", "settle 30.00", "refund 5.00")]
+
+
+def test_each_row_reads_back_as_the_payment_its_events_fold_to() -> None:
+    history = History()
+    payment_ids = three_payments(history)
+    PaymentProjection().apply(history.items)
+    for payment_id in payment_ids:
+        row = PaymentView.objects.get(payment_id=payment_id)
+        assert payment_from_row(row) == history.state(payment_id)
+
+
+def test_the_upserts_times_are_found_by_the_orms_time_lookups() -> None:
+    """On SQLite the upsert writes datetimes itself: as Django's backend would (naive UTC
+    text), or the ORM's lookups on created_at and updated_at would miss the rows."""
+    history = History()
+    pending, declined, refunded = three_payments(history)
+    PaymentProjection().apply(history.items)
+    assert set(PaymentView.objects.filter(created_at=T0).values_list("payment_id", flat=True)) \
+        == {pending, declined, refunded}
+    assert list(PaymentView.objects.filter(updated_at=T0 + timedelta(seconds=2))
+                .values_list("payment_id", flat=True)) == [declined]
+
+
+def test_times_are_stored_as_instants_whatever_offset_the_events_carry() -> None:
+    """Events made in this process may carry any UTC offset (decoded ones carry UTC)."""
+    berlin = ZoneInfo("Europe/Berlin")
+    history = History()
+    created = create_payment(payment_id=uuid4(), amount="10.00", currency="EUR",
+                             occurred_at=T0.astimezone(berlin))
+    history.record(created)
+    history.record(apply(None, created, 0).authorize(
+        bank_name="Acme", occurred_at=(T0 + timedelta(hours=1)).astimezone(berlin)))
+    with override_settings(TIME_ZONE="Pacific/Auckland"):  # the process's local time too
+        PaymentProjection().apply(history.items)
+    row = PaymentView.objects.get()
+    assert (row.created_at, row.updated_at) == (T0, T0 + timedelta(hours=1))
+
+
+def test_events_already_in_a_row_are_passed_by() -> None:
+    """After a manual checkpoint move, a batch may hold events a row already has: the
+    projection applies only those after the row's position, and every one of them."""
+    history = History()
+    first = lifecycle(history, "authorize Acme", "settle 40.00", "settle")
+    second = lifecycle(history)
+    projection = PaymentProjection()
+    projection.apply(history.items[:3])  # the first payment, 40.00 settled
+    projection.apply(history.items)
+    row = PaymentView.objects.get(payment_id=first)
+    assert (row.status, row.settled_amount) == ("settled", Decimal("100.00"))
+    assert PaymentView.objects.get(payment_id=second).status == "pending"
+
+
+def test_an_event_the_aggregate_refuses_stops_the_projection_naming_it() -> None:
+    history = History()
+    payment_id = lifecycle(history, "authorize Acme")
+    authorized = history.items[1].record
+    with pytest.raises(ProjectionError) as refused:
+        PaymentProjection().apply(history.items[1:])  # authorized, never created
+    assert str(refused.value) == (
+        f"projection 'payment' cannot apply the event at position 2 (stream"
+        f" payments-{payment_id}, version 1, type PaymentAuthorized):"
+        f" PaymentAuthorized before PaymentCreated")
+    assert (refused.value.projection, refused.value.record) == ("payment", authorized)
+    assert not PaymentView.objects.exists()
+
+
+def test_other_databases_take_the_orms_path_to_the_same_rows(monkeypatch) -> None:
+    """The upsert has its own SQL for SQLite and PostgreSQL and uses the ORM's bulk upsert on
+    any other database: both write the same rows (the ORM's path runs here on the test
+    database, told it is another vendor). One event per batch: inserts, then updates."""
+    history = History()
+    three_payments(history)
+    projection = PaymentProjection()
+    for item in history.items:
+        projection.apply([item])
+    by_sql = snapshot()[0]
+    projection.clear()
+    monkeypatch.setattr(connection, "vendor", "another")
+    for item in history.items:
+        projection.apply([item])
+    monkeypatch.undo()
+    assert snapshot()[0] == by_sql
 
 
 @settings(max_examples=40, deadline=None,
