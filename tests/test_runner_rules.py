@@ -482,3 +482,84 @@ def test_a_reset_whose_lock_was_lost_clears_the_read_model_once(monkeypatch, cap
             if r.name == "projections.runner" and "cleared" in r.getMessage()] == [
         "projection decline: read model and checkpoint cleared"]
     assert decline_rows() == declines_in_the_store()
+
+
+# --- an EventStoreDB server that sends no checkpoints ------------------------------------
+
+
+class _Unplaced:
+    """A subscription that never says how far it looked (``position`` stays None)."""
+
+    position = None
+
+    def __init__(self, subscription: Any) -> None:
+        self.subscription = subscription
+
+    def __enter__(self) -> _Unplaced:
+        self.subscription.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.subscription.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.subscription, name)
+
+
+class WithoutCheckpoints:
+    """The test's store as an EventStoreDB server that sends no checkpoints would be:
+    its head is the log's last event of any category (as ``$all``'s is), and its
+    subscriptions report no position. The runner must still see that it caught up."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    def head_position(self) -> int:
+        return max(self.store.head_position(), self.store.head_position(category="shipping"))
+
+    def subscribe(self, **options: Any) -> _Unplaced:
+        return _Unplaced(self.store.subscribe(**options))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def run_in_a_thread(runner: ProjectionRunner, *, once: bool) -> list[BaseException]:
+    """Run it; a runner that does not end by itself within 10 s is stopped and named."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run(once=once)
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    ended = not thread.is_alive()
+    runner.stop.set()
+    thread.join(10)
+    assert ended, "the runner did not end by itself"
+    return errors
+
+
+def test_once_without_checkpoints_ends_when_no_payment_is_left_to_read() -> None:
+    services.create_payment(amount="10.00")
+    payment_head = get_event_store().head_position()
+    foreign_events(2)  # the log's head is past the last payment
+    runner = ProjectionRunner(PaymentProjection(), WithoutCheckpoints(get_event_store()))
+    assert run_in_a_thread(runner, once=True) == []
+    assert runner.progress.applied == 1
+    assert Checkpoint.objects.get(name="payment").position == payment_head
+    assert PaymentView.objects.count() == 1
+
+
+def test_stopped_without_a_position_from_the_store_it_ends_cleanly() -> None:
+    services.create_payment(amount="10.00")
+    payment_head = get_event_store().head_position()
+    stop = threading.Event()
+    store = StopWhenIdle(WithoutCheckpoints(get_event_store()), stop)
+    runner = ProjectionRunner(PaymentProjection(), store, stop=stop)  # type: ignore[arg-type]
+    assert run_in_a_thread(runner, once=False) == []
+    assert Checkpoint.objects.get(name="payment").position == payment_head
