@@ -143,8 +143,9 @@ def answers(port: int) -> bool:
 def run(args: list[str]) -> None:
     """Serve the site and run the projections beside it, until Ctrl-C or SIGTERM.
 
-    dev.py stays as the parent of both: if either stops, it stops the other, so no
-    runner is left behind when the server cannot start (a port in use, say).
+    dev.py stays as the parent of both: when the server stops (or cannot start: a port
+    in use, say) it stops the runner, so no runner is left behind. A runner that stops
+    on its own is reported, and the site goes on serving.
     """
     port = run_options(args)
     ensure_venv("requirements.txt")
@@ -176,11 +177,15 @@ def run(args: list[str]) -> None:
             "In another terminal:  .venv/bin/python manage.py api -a create -v 100.00\n",
             flush=True,
         )
-        while all(child.poll() is None for child in children):
+        runner = children[1]
+        while server.poll() is None:
+            if runner.returncode is None and runner.poll() is not None:
+                # The site still serves: the overview and /readyz say why it stopped.
+                print(f"\nThe projection runner stopped (exit {runner.returncode}): the lists"
+                      " stop following new events; the overview says why. Restart"
+                      " python3 dev.py run to start it again.", flush=True)
             time.sleep(0.2)
-        stopped = next(child for child in children if child.poll() is not None)
-        name = "server" if stopped is server else "projection runner"
-        sys.exit(f"The {name} stopped (exit {stopped.returncode}); stopping the rest.")
+        sys.exit(f"The server stopped (exit {server.returncode}); stopping the runner.")
     except KeyboardInterrupt:
         pass
     finally:
