@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -194,7 +194,8 @@ def api_token(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Your API token is ready.")
             return redirect("token")
         if action != "rotate":
-            return HttpResponseBadRequest("action must be create or rotate")
+            return render(request, "400.html", {"message": "action must be create or rotate",
+                                                "back": reverse("token")}, status=400)
         rotate_form = RotateTokenForm(request.POST)
         if rotate_form.is_valid():
             rotate_token(request.user)

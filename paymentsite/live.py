@@ -3,8 +3,9 @@ with the version it shows, and swaps in the regions marked ``data-live-region``.
 
 A view wrapped in ``live_page(version)`` answers such a request with 204 and no body
 while the version is unchanged: one cheap query instead of a page. The version names
-what the page is drawn from: the projections' checkpoints and the store's head for the
-read-model pages, the store's head for a payment's page (read from its stream).
+what the page is drawn from: for the read-model pages, what their lag notices show
+(``projections.selectors.read_models_version``, from the same cache, so a poll does not
+ask the store either); for a payment's page, read from its stream, the store's head.
 Without JavaScript the page is the plain page; a poll never changes anything.
 """
 
@@ -29,17 +30,6 @@ def store_head() -> str:
         return str(get_event_store().head_position())
     except EventStoreError:
         return "-"
-
-
-def read_model_version() -> str:
-    """What the read-model pages show depends on: each checkpoint, and the head (the lag)."""
-    from projections.models import Checkpoint
-
-    checkpoints = Checkpoint.objects.order_by("name").values_list("name", "position",
-                                                                  "failed_at")
-    drawn = ",".join(f"{name}:{position}{'!' if failed else ''}"
-                     for name, position, failed in checkpoints)
-    return f"{drawn}|{store_head()}"
 
 
 def live_page(version: Callable[[], str]) -> Callable[[View], View]:

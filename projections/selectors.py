@@ -56,6 +56,17 @@ def lags(names: list[str] | None = None) -> list[ProjectionStatus] | None:
     return found[0]
 
 
+def read_models_version() -> str:
+    """What the read-model pages are drawn from, for their live polls (paymentsite.live):
+    each projection's checkpoint, head, lag, runner and failure, as ``lags`` has them
+    (so a poll costs one query and a cache read)."""
+    statuses = lags()
+    if statuses is None:
+        return "store-unreachable"
+    return ",".join(f"{s.name}:{s.position}:{s.head}:{s.lag}:{s.runner_active:d}:{s.failed:d}"
+                    for s in statuses)
+
+
 def failed_projections() -> list[Checkpoint]:
     """The projections whose last runner stopped on an error (read from the database:
     shown even when the event store is down)."""

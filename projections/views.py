@@ -24,7 +24,7 @@ from payments.domain import (
     parse_currency,
     parse_decline_code,
 )
-from paymentsite.live import live_page, read_model_version
+from paymentsite.live import live_page
 from projections import selectors
 from projections.charts import bar_chart
 
@@ -111,7 +111,7 @@ def _valid(form: forms.Form) -> dict[str, Any]:
 
 @login_required
 @require_GET
-@live_page(read_model_version)
+@live_page(selectors.read_models_version)
 def overview(request: HttpRequest) -> HttpResponse:
     """GET /: payments by status, the latest payments, the projections' lag."""
     return render(request, "projections/overview.html", {"overview": selectors.overview()})
@@ -124,7 +124,7 @@ def _status(form: forms.Form) -> int:
 
 @login_required
 @require_GET
-@live_page(read_model_version)
+@live_page(selectors.read_models_version)
 def payment_list(request: HttpRequest) -> HttpResponse:
     """GET /payments/: PaymentView, filtered by status, bank and currency; paginated."""
     form = PaymentFilterForm(request.GET)
@@ -145,7 +145,7 @@ def payment_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-@live_page(read_model_version)
+@live_page(selectors.read_models_version)
 def declines(request: HttpRequest) -> HttpResponse:
     """GET /declines/: declines by code, bank and day, with a chart per day per code."""
     form = DeclineFilterForm(request.GET)

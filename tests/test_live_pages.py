@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 
 from payments import services
+from payments.eventstore import get_event_store, reset_event_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,13 +48,40 @@ def test_a_read_model_page_is_a_204_until_a_projection_applies_an_event(
 
     payment = services.create_payment(amount="12.00")
     services.decline_payment(payment_id=payment.id, bank_name="Acme", decline_code="05")
+    # The lag shown is measured at most every few seconds (selectors.lags): so is a poll's.
+    assert poll(browser, path, version).status_code == 204
+    cache.clear()  # those seconds have passed
     behind = poll(browser, path, version)  # the head moved: the lag shown changes
     assert behind.status_code == 200
     call_command("run_projection", "all", "--once")
-    changed = poll(browser, path, behind["X-Live-Version"])
+    changed = poll(browser, path, behind["X-Live-Version"])  # at once: a checkpoint moved
     assert changed.status_code == 200
     assert version_on(changed.content.decode()) == changed["X-Live-Version"] != version
     assert poll(browser, path, changed["X-Live-Version"]).status_code == 204
+
+
+def test_a_poll_asks_the_store_nothing_while_the_lag_is_fresh(
+        browser: Client, monkeypatch) -> None:
+    """Many open tabs cost one measurement of the lag per few seconds, not one each."""
+    version = version_on(browser.get("/payments/").content.decode())
+    asked = []
+    store = get_event_store()
+    monkeypatch.setattr(store, "head_position", lambda **kw: asked.append(kw) or 0)
+    for _ in range(5):
+        assert poll(browser, "/payments/", version).status_code == 204
+    assert asked == []
+
+
+def test_a_store_that_is_down_is_one_version_too(browser: Client, settings) -> None:
+    settings.EVENTSTORE_URI = "bogus://nowhere"
+    reset_event_store()
+    try:
+        page = browser.get("/")
+        assert page.status_code == 200
+        assert page["X-Live-Version"] == "store-unreachable"
+        assert poll(browser, "/", "store-unreachable").status_code == 204
+    finally:
+        reset_event_store()
 
 
 def test_the_list_region_holds_the_new_row(browser: Client) -> None:

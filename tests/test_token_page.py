@@ -81,7 +81,9 @@ def test_posts_without_the_csrf_token_change_nothing(user) -> None:
 
 
 def test_an_unknown_action_is_a_400(browser: Client, user) -> None:
-    assert browser.post(PAGE, {"action": "delete"}).status_code == 400
+    response = browser.post(PAGE, {"action": "delete"})
+    assert response.status_code == 400
+    assert 'id="bad-request-message">action must be create or rotate<' in response.content.decode()
     assert not Token.objects.filter(user=user).exists()
 
 
