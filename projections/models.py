@@ -79,9 +79,36 @@ class Checkpoint(models.Model):
     # by projection_status, the overview and /readyz until a runner moves on again.
     failure = models.TextField(blank=True, default="")
     failed_at = models.DateTimeField(null=True, blank=True)
+    # The projection's version (its ``version``) that built the read model: a runner of
+    # another version refuses to apply events to it, so no table mixes two meanings.
+    version = models.PositiveIntegerField(default=1)
+    # When a ``--rebuild`` last swapped a new read model in: a runner that was following
+    # the old one sees it change and goes on from the new checkpoint.
+    rebuilt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return f"{self.name} at {self.position}"
+
+
+class Rebuild(models.Model):
+    """A ``run_projection NAME --rebuild`` in progress (or abandoned): the shadow tables
+    it is building beside the live read model, and how far they have got.
+
+    The row exists exactly while the shadow tables do; the swap deletes it in the
+    transaction that makes the shadow live.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    version = models.PositiveIntegerField(help_text="the projection version being built")
+    position = models.BigIntegerField(default=0, help_text="the shadow's checkpoint")
+    started_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"rebuild of {self.name} at {self.position}"

@@ -9,11 +9,11 @@ counts ``PaymentDeclined`` per (code, bank, UTC date) and ignores the rest.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import ClassVar, NamedTuple, Protocol
 
-from django.db import connection
+from django.db import connection, models
 
 from payments.domain import HistoryError, Payment, PaymentStatus, apply
 from payments.events import EVENT_TYPES, PaymentDeclined, PaymentEvent
@@ -41,11 +41,19 @@ class Decoded(NamedTuple):
     event: PaymentEvent
 
 
+Tables = Mapping[type[models.Model], type[models.Model]]
+
+
 class Projection(Protocol):
     """What the runner needs of a projection."""
 
     name: ClassVar[str]
+    # What its read model means: raised whenever the same events would now give other
+    # rows (a new column, another rule). A runner refuses to apply events to tables
+    # built by another version; ``run_projection NAME --rebuild`` builds them anew.
+    version: ClassVar[int]
     handles: ClassVar[frozenset[str]]  # the event types it decodes; others pass by
+    read_models: ClassVar[tuple[type[models.Model], ...]]  # the tables it writes
 
     def apply(self, batch: list[Decoded]) -> None:
         """Write the batch's effect; called inside the runner's transaction."""
@@ -91,8 +99,10 @@ def payment_from_row(row: PaymentView) -> Payment:
     )
 
 
-def row_from_payment(payment: Payment, position: int) -> PaymentView:
-    return PaymentView(
+def row_from_payment(
+    payment: Payment, position: int, model: type[PaymentView] = PaymentView
+) -> PaymentView:
+    return model(
         payment_id=payment.id,
         status=payment.status.value,
         amount=payment.amount,
@@ -141,7 +151,9 @@ def _payment_values(payment: Payment, position: int, *, sqlite: bool) -> tuple[o
     )
 
 
-def upsert_payment_views(states: Iterable[tuple[Payment, int]]) -> None:
+def upsert_payment_views(
+    states: Iterable[tuple[Payment, int]], model: type[PaymentView] = PaymentView
+) -> None:
     """Insert or update one PaymentView row per payment, in one statement per batch.
 
     The hot path of a rebuild: the ORM's bulk upsert prepares every value of every
@@ -153,8 +165,8 @@ def upsert_payment_views(states: Iterable[tuple[Payment, int]]) -> None:
     if not states:
         return
     if connection.vendor not in ("sqlite", "postgresql"):
-        PaymentView.objects.bulk_create(
-            [row_from_payment(p, pos) for p, pos in states], batch_size=500,
+        model.objects.bulk_create(
+            [row_from_payment(p, pos, model) for p, pos in states], batch_size=500,
             update_conflicts=True, unique_fields=["payment_id"], update_fields=_PAYMENT_FIELDS,
         )
         return
@@ -162,7 +174,7 @@ def upsert_payment_views(states: Iterable[tuple[Payment, int]]) -> None:
     quote = connection.ops.quote_name
     columns = ["payment_id", *_PAYMENT_FIELDS]
     sql = (
-        f"INSERT INTO {quote(PaymentView._meta.db_table)} ({', '.join(map(quote, columns))})"
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(map(quote, columns))})"
         f" VALUES ({', '.join(['%s'] * len(columns))})"
         f" ON CONFLICT ({quote('payment_id')}) DO UPDATE SET "
         + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _PAYMENT_FIELDS)
@@ -174,17 +186,35 @@ def upsert_payment_views(states: Iterable[tuple[Payment, int]]) -> None:
 # --- the projections ------------------------------------------------------------------
 
 
-class PaymentProjection:
+class _OnTables:
+    """A projection writes its read models, or the shadow tables a ``--rebuild`` fills
+    beside them (``tables`` maps each read model to the model of its shadow)."""
+
+    read_models: ClassVar[tuple[type[models.Model], ...]]
+
+    def __init__(self, tables: Tables | None = None) -> None:
+        self.tables: Tables = tables or {}
+
+    def clear(self) -> None:
+        """Delete everything this projection built (for a rebuild)."""
+        for model in self.read_models:
+            self.tables.get(model, model).objects.all().delete()
+
+
+class PaymentProjection(_OnTables):
     """PaymentView: every event of every payment, one upsert per payment per batch."""
 
     name: ClassVar[str] = "payment"
+    version: ClassVar[int] = 1
     handles: ClassVar[frozenset[str]] = frozenset(EVENT_TYPES)
+    read_models: ClassVar[tuple[type[models.Model], ...]] = (PaymentView,)
 
     def apply(self, batch: list[Decoded]) -> None:
+        view: type[PaymentView] = self.tables.get(PaymentView, PaymentView)  # type: ignore[assignment]
         ids = {d.event.payment_id for d in batch}
         known = {
             row.payment_id: (payment_from_row(row), row.position)
-            for row in PaymentView.objects.filter(payment_id__in=ids)
+            for row in view.objects.filter(payment_id__in=ids)
         }
         for item in batch:
             current, position = known.get(item.event.payment_id, (None, 0))
@@ -195,19 +225,19 @@ class PaymentProjection:
             except HistoryError as e:
                 raise ProjectionError(self.name, item.record, str(e)) from e
             known[payment.id] = (payment, item.record.position)
-        upsert_payment_views(known.values())
-
-    def clear(self) -> None:
-        PaymentView.objects.all().delete()
+        upsert_payment_views(known.values(), view)
 
 
-class DeclineProjection:
+class DeclineProjection(_OnTables):
     """DeclineView: declines counted by code, bank and date; increments per batch."""
 
     name: ClassVar[str] = "decline"
+    version: ClassVar[int] = 1
     handles: ClassVar[frozenset[str]] = frozenset({PaymentDeclined.type_name})
+    read_models: ClassVar[tuple[type[models.Model], ...]] = (DeclineView,)
 
     def apply(self, batch: list[Decoded]) -> None:
+        view: type[DeclineView] = self.tables.get(DeclineView, DeclineView)  # type: ignore[assignment]
         counts: Counter[DeclineKey] = Counter()
         for item in batch:
             if isinstance(item.event, PaymentDeclined):
@@ -220,7 +250,7 @@ class DeclineProjection:
         days = {day for _, _, day in counts}
         existing = {
             (r.decline_code, r.bank_name, r.date): r
-            for r in DeclineView.objects.filter(
+            for r in view.objects.filter(
                 decline_code__in=codes, bank_name__in=banks, date__in=days
             )
             if (r.decline_code, r.bank_name, r.date) in counts
@@ -229,15 +259,12 @@ class DeclineProjection:
         for key, added in counts.items():
             row = existing.get(key)
             if row is None:
-                new.append(DeclineView(decline_code=key[0], bank_name=key[1], date=key[2],
+                new.append(view(decline_code=key[0], bank_name=key[1], date=key[2],
                                        count=added))
             else:
                 row.count += added
-        DeclineView.objects.bulk_update(existing.values(), ["count"], batch_size=500)
-        DeclineView.objects.bulk_create(new, batch_size=500)
-
-    def clear(self) -> None:
-        DeclineView.objects.all().delete()
+        view.objects.bulk_update(existing.values(), ["count"], batch_size=500)
+        view.objects.bulk_create(new, batch_size=500)
 
 
 PROJECTIONS: dict[str, type[PaymentProjection] | type[DeclineProjection]] = {

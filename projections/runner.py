@@ -6,6 +6,10 @@ batch and its checkpoint together (the next run re-reads it); a crash after it
 loses nothing. The checkpoint moves only from the position this runner read, so a
 second runner that somehow got past the lock fails its commit instead of counting
 twice.
+
+A rebuild (``run(rebuild=True)``) builds the read model anew in shadow tables while
+the live ones keep serving (and their runner keeps following); once the shadow has
+caught up, one transaction swaps the tables and their checkpoints (projections/shadow.py).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from payments.eventstore import (
     UnreadableEvent,
 )
 from projections.locks import Lock, holds, single_runner
-from projections.models import Checkpoint
+from projections.models import Checkpoint, Rebuild
 from projections.projectors import Decoded, Projection, ProjectionError
+from projections.shadow import create_shadow_tables, swap_in_shadow_tables
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,19 @@ CHECKPOINT_INTERVAL = 1.0
 
 class CheckpointMoved(Exception):
     """Another runner moved the checkpoint under us: stop rather than double count."""
+
+
+class VersionMismatch(Exception):
+    """The read model was built by another version of the projection: applying this
+    version's events to it would mix two meanings in one table."""
+
+    def __init__(self, name: str, stored: int, code: int) -> None:
+        super().__init__(
+            f"projection {name!r}: its read model was built by projection version {stored};"
+            f" this code is version {code}. No event was applied. Rebuild it beside the live"
+            f" one (run_projection {name} --rebuild), or clear it (run_projection {name}"
+            " --reset)."
+        )
 
 
 class LockLost(Exception):
@@ -94,7 +112,57 @@ def reset_projection(projection: Projection) -> None:
     """Delete the read model and its checkpoint together, for a rebuild from the start."""
     with transaction.atomic():
         projection.clear()
-        Checkpoint.objects.update_or_create(name=projection.name, defaults={"position": 0})
+        Checkpoint.objects.update_or_create(
+            name=projection.name, defaults={"position": 0, "version": projection.version}
+        )
+
+
+def rebuild_lock_name(name: str) -> str:
+    """The lock a ``--rebuild`` holds: one rebuild per projection, beside its runner."""
+    return f"{name}-rebuild"
+
+
+class LiveCheckpoint:
+    """The live read model's checkpoint (a ``Checkpoint`` row), for this projection's
+    version only."""
+
+    def __init__(self, projection: Projection) -> None:
+        self.name = projection.name
+        self.version = projection.version
+        self.rebuilt_at: object = None  # as read by ``read``: a swap since changes it
+
+    def read(self) -> int:
+        """The position to follow from; refuses a read model of another version (one
+        that holds no event yet is simply this version's)."""
+        checkpoint, _ = Checkpoint.objects.get_or_create(
+            name=self.name, defaults={"version": self.version}
+        )
+        if checkpoint.version != self.version:
+            if checkpoint.position != 0:
+                raise VersionMismatch(self.name, checkpoint.version, self.version)
+            Checkpoint.objects.filter(name=self.name, position=0).update(version=self.version)
+        self.rebuilt_at = checkpoint.rebuilt_at
+        return checkpoint.position
+
+    def move(self, position: int, to: int) -> bool:
+        """From ``position`` (only) to ``to``; clears a failure an earlier runner recorded."""
+        return Checkpoint.objects.filter(
+            name=self.name, position=position, version=self.version
+        ).update(position=to, updated_at=timezone.now(), failure="", failed_at=None) == 1
+
+
+class ShadowCheckpoint:
+    """The checkpoint of the shadow tables a rebuild fills (its ``Rebuild`` row)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def read(self) -> int:
+        return Rebuild.objects.get(name=self.name).position
+
+    def move(self, position: int, to: int) -> bool:
+        return Rebuild.objects.filter(name=self.name, position=position).update(
+            position=to, updated_at=timezone.now()) == 1
 
 
 class ProjectionRunner:
@@ -108,28 +176,36 @@ class ProjectionRunner:
         batch_size: int = 1000,
         stop: threading.Event | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        checkpoint: LiveCheckpoint | ShadowCheckpoint | None = None,
     ) -> None:
         self.projection = projection
+        self.checkpoint = checkpoint or LiveCheckpoint(projection)
         self.store = store
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
         self.progress = Progress()
         self._lock: Lock | None = None
+        self.rebuilding = False  # a failure now is the rebuild's, not the live model's
         self._backoff = FIRST_BACKOFF  # the next wait after a store outage
 
     @property
     def name(self) -> str:
         return self.projection.name
 
-    def run(self, *, once: bool = False, reset: bool = False) -> None:
+    def run(self, *, once: bool = False, reset: bool = False, rebuild: bool = False) -> None:
         """Hold the projection's lock and run until caught up (``once``) or stopped.
 
         ``reset`` clears the read model and checkpoint first, under the same lock, so
-        a rebuild never races a runner that is still applying events. Should the lock
-        be lost (its database session ended), the runner waits for it again and
-        resumes from the checkpoint.
+        a rebuild never races a runner that is still applying events. ``rebuild``
+        builds the read model anew beside the live one and swaps it in (without the
+        projection's lock: its runner goes on following meanwhile); then, unless
+        ``once``, this runner follows on the new tables. Should the lock be lost (its
+        database session ended), the runner waits for it again and resumes from the
+        checkpoint.
         """
+        if rebuild and (not self.rebuild() or once):
+            return
         while not self.stop.is_set():
             with single_runner(self.name, stop=self.stop) as lock:
                 if lock is None:
@@ -147,8 +223,89 @@ class ProjectionRunner:
                     return
                 except LockLost as e:
                     logger.warning("projection %s: %s", self.name, e)
+                except CheckpointMoved:
+                    if not isinstance(self.checkpoint, LiveCheckpoint):
+                        raise
+                    rebuilt_at = self.checkpoint.rebuilt_at  # as the run read it
+                    self.checkpoint.read()  # a rebuild of another version: VersionMismatch
+                    if self.checkpoint.rebuilt_at == rebuilt_at:
+                        raise
+                    logger.warning(
+                        "projection %s: a rebuild swapped new tables in beside this runner;"
+                        " going on from their checkpoint", self.name)
                 finally:
                     self._lock = None
+
+    def rebuild(self) -> bool:
+        """Build the read model anew in shadow tables, then swap them in; False when
+        stopped first (the live tables untouched; the next rebuild starts over).
+
+        Holds the rebuild's own lock, not the projection's: the live runner goes on
+        following while the shadow fills. The shadow catches up in passes until a pass
+        finds less than a batch to do; the swap's transaction then waits for the live
+        runner's batch in hand, applies to the shadow the few events the live read
+        model has and the shadow not yet, and swaps tables and checkpoints.
+        """
+        self.rebuilding = True
+        try:
+            return self._rebuild()
+        finally:
+            self.rebuilding = False
+
+    def _rebuild(self) -> bool:
+        name = rebuild_lock_name(self.name)
+        with single_runner(name, stop=self.stop) as lock:
+            if lock is None:
+                return False
+            read_models = self.projection.read_models
+            Rebuild.objects.filter(name=self.name).delete()
+            tables = create_shadow_tables(read_models)
+            Rebuild.objects.create(name=self.name, version=self.projection.version,
+                                   started_at=timezone.now())
+            logger.info("projection %s: rebuilding version %d in shadow tables beside the"
+                        " live read model", self.name, self.projection.version)
+            shadow = ProjectionRunner(
+                type(self.projection)(tables), self.store, batch_size=self.batch_size,
+                stop=self.stop, on_progress=self.on_progress,
+                checkpoint=ShadowCheckpoint(self.name),
+            )
+            shadow.progress = self.progress
+            shadow._lock = lock
+            while not self.stop.is_set():
+                applied = self.progress.applied
+                shadow._run_with_retries(once=True)
+                if self.progress.applied - applied < self.batch_size:
+                    break  # close to the head: the rest fits in the swap's transaction
+            if self.stop.is_set():
+                logger.warning("projection %s: rebuild stopped at position %d; the live read"
+                               " model is untouched (the next --rebuild starts over)",
+                               self.name, self.progress.position)
+                return False
+            self._swap(shadow)
+        logger.info("projection %s: rebuilt; the new read model is live, at position %d",
+                    self.name, checkpoint_position(self.name))
+        return True
+
+    def _swap(self, shadow: ProjectionRunner) -> None:
+        """One transaction: the shadow brought to the live checkpoint, then tables and
+        checkpoints swapped. The live checkpoint's row is locked first, as the live
+        runner's batches lock it: its batch in hand commits before, the next one after
+        (on the new tables; it notices the swap only if the checkpoint moved)."""
+        with transaction.atomic():
+            live, _ = Checkpoint.objects.select_for_update().get_or_create(name=self.name)
+            position = shadow.checkpoint.read()
+            while position < live.position:  # the live runner was ahead: catch up to it
+                records = [r for r in self.store.read_all(after=position, limit=self.batch_size)
+                           if r.position <= live.position]
+                covered = live.position if len(records) < self.batch_size else None
+                position = shadow._commit_batch(records, position, covered)
+            shadow._check_lock()
+            swap_in_shadow_tables(self.projection.read_models)
+            Checkpoint.objects.filter(name=self.name).update(
+                position=position, version=self.projection.version, rebuilt_at=timezone.now(),
+                updated_at=timezone.now(), failure="", failed_at=None,
+            )
+            Rebuild.objects.filter(name=self.name).delete()
 
     def _check_lock(self) -> None:
         """Inside a batch's transaction: this connection's session still holds the lock."""
@@ -173,14 +330,15 @@ class ProjectionRunner:
                 self._backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _follow(self, *, once: bool) -> None:
-        position = checkpoint_position(self.name)
+        position = self.checkpoint.read()
         head = self.store.head_position()
         if self.progress.applied == 0:
             self.progress.start = position
         self.progress.position = position
         self.progress.head = head
         if position >= head:
-            clear_failure(self.name)  # caught up: nothing it failed on is left
+            if isinstance(self.checkpoint, LiveCheckpoint):
+                clear_failure(self.name)  # caught up: nothing it failed on is left
             if once:
                 return
         logger.info("projection %s: following from position %d", self.name, position)
@@ -275,10 +433,7 @@ class ProjectionRunner:
                 # this commit, after which it finds the checkpoint moved and writes
                 # nothing, instead of colliding on the read model's rows. Moving on also
                 # clears a failure that an earlier runner recorded.
-                moved = Checkpoint.objects.filter(name=self.name, position=position).update(
-                    position=last, updated_at=timezone.now(), failure="", failed_at=None
-                )
-                if moved != 1:
+                if not self.checkpoint.move(position, last):
                     raise CheckpointMoved(
                         f"projection {self.name!r}: the checkpoint is no longer at {position};"
                         " is another runner active?"

@@ -64,7 +64,7 @@ def read_models_version() -> str:
     if statuses is None:
         return "store-unreachable"
     return ",".join(f"{s.name}:{s.position}:{s.head}:{s.lag}:{s.runner_active:d}:{s.failed:d}"
-                    for s in statuses)
+                    f":{s.rebuild.position if s.rebuild else '-'}" for s in statuses)
 
 
 def failed_projections() -> list[Checkpoint]:

@@ -2,8 +2,10 @@
 
 For every projection: its checkpoint (position and when it last moved), the store's
 head position, the lag in events still to apply (counted up to a cap, so a projection
-that is far behind costs one bounded read), and whether a runner holds its lock.
-Read-only: it creates no checkpoint and takes no lock for longer than a check.
+that is far behind costs one bounded read), whether a runner holds its lock, the
+projection version its read model was built by, and a ``--rebuild`` in progress (or
+abandoned) with how far it has got. Read-only: it creates no checkpoint and takes no
+lock for longer than a check.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from payments.eventstore import EventStore, EventStoreError, UnreadableEvent, get_event_store
 from projections.locks import is_locked
-from projections.models import Checkpoint
+from projections.models import Checkpoint, Rebuild
 from projections.projectors import PROJECTIONS
+from projections.runner import rebuild_lock_name
 
 LAG_CAP = 100_000
 
@@ -37,6 +40,33 @@ class Lag:
 
 
 @dataclass(frozen=True)
+class RebuildStatus:
+    """A ``--rebuild`` beside the live read model: where its shadow tables are."""
+
+    version: int
+    position: int
+    head: int
+    started_at: datetime
+    active: bool  # False: its command stopped half way (the next --rebuild starts over)
+
+    @property
+    def done(self) -> float:
+        """The fraction of the store the shadow has applied, by position."""
+        return min(self.position / self.head, 1.0) if self.head else 1.0
+
+    def __str__(self) -> str:
+        if not self.active:
+            return f"abandoned at {self.done:.0%} (run --rebuild again to start over)"
+        return (f"rebuilding version {self.version}: {self.done:.0%}"
+                f" ({self.position} of {self.head})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "position": self.position, "head": self.head,
+                "progress": round(self.done, 4), "started_at": self.started_at.isoformat(),
+                "active": self.active}
+
+
+@dataclass(frozen=True)
 class ProjectionStatus:
     name: str
     position: int
@@ -46,6 +76,9 @@ class ProjectionStatus:
     runner_active: bool
     failure: str = ""  # why its last runner stopped on an error; empty: it did not
     failed_at: datetime | None = None
+    version: int = 1  # the projection version its read model was built by
+    code_version: int = 1  # the version this code's runner applies
+    rebuild: RebuildStatus | None = None
 
     @property
     def failed(self) -> bool:
@@ -70,6 +103,9 @@ class ProjectionStatus:
             "state": self.state,
             "failure": self.failure or None,
             "failed_at": self.failed_at.isoformat() if self.failed_at else None,
+            "version": self.version,
+            "code_version": self.code_version,
+            "rebuild": self.rebuild.as_dict() if self.rebuild else None,
         }
 
 
@@ -94,6 +130,7 @@ def projection_statuses(
     names = list(names)
     head = store.head_position()
     checkpoints = {c.name: c for c in Checkpoint.objects.filter(name__in=names)}
+    rebuilds = {r.name: r for r in Rebuild.objects.filter(name__in=names)}
     lags: dict[int, Lag] = {}  # projections at the same position share one read
     statuses = []
     for name in names:
@@ -110,8 +147,19 @@ def projection_statuses(
             runner_active=is_locked(name),
             failure=checkpoint.failure if checkpoint else "",
             failed_at=checkpoint.failed_at if checkpoint else None,
+            version=checkpoint.version if checkpoint else PROJECTIONS[name].version,
+            code_version=PROJECTIONS[name].version,
+            rebuild=_rebuild_status(rebuilds.get(name), head),
         ))
     return statuses
+
+
+def _rebuild_status(rebuild: Rebuild | None, head: int) -> RebuildStatus | None:
+    if rebuild is None:
+        return None
+    return RebuildStatus(version=rebuild.version, position=rebuild.position, head=head,
+                         started_at=rebuild.started_at,
+                         active=is_locked(rebuild_lock_name(rebuild.name)))
 
 
 def format_table(statuses: list[ProjectionStatus]) -> str:
@@ -145,6 +193,12 @@ def format_table(statuses: list[ProjectionStatus]) -> str:
         f"note: {s.name}'s checkpoint {s.position} is past the head {s.head}"
         " (was the event store replaced?)"
         for s in statuses if s.position > s.head
+    ] + [
+        f"rebuild: {s.name} {s.rebuild}" for s in statuses if s.rebuild is not None
+    ] + [
+        f"VERSION: {s.name}'s read model was built by projection version {s.version}; this"
+        f" code applies version {s.code_version}: run_projection {s.name} --rebuild"
+        for s in statuses if s.version != s.code_version and s.position
     ]
     return "\n".join(lines + notes)
 

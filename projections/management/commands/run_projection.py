@@ -1,4 +1,5 @@
-"""``manage.py run_projection payment|decline|all [--once] [--reset] [--batch-size N]``."""
+"""``manage.py run_projection payment|decline|all [--once] [--reset | --rebuild]
+[--batch-size N]``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from projections.runner import (
     CheckpointMoved,
     Progress,
     ProjectionRunner,
+    VersionMismatch,
     checkpoint_position,
+    rebuild_lock_name,
     record_failure,
 )
 
@@ -38,15 +41,22 @@ logger = logging.getLogger("projections.runner")
 class Command(BaseCommand):
     help = (
         "Run projections: catch up from the checkpoint, then follow new events until "
-        "SIGINT/SIGTERM. --once stops when caught up; --reset rebuilds from the start."
+        "SIGINT/SIGTERM. --once stops when caught up; --reset rebuilds from the start;"
+        " --rebuild builds anew beside the live read model, which keeps serving, and swaps."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("projection", choices=[*PROJECTIONS, "all"])
         parser.add_argument("--once", action="store_true", help="catch up to the head, then exit")
-        parser.add_argument(
+        rebuild = parser.add_mutually_exclusive_group()
+        rebuild.add_argument(
             "--reset", action="store_true",
             help="clear the read model and its checkpoint (one transaction), then rebuild",
+        )
+        rebuild.add_argument(
+            "--rebuild", action="store_true",
+            help="build the read model anew in shadow tables from position 0 while the live"
+                 " one keeps serving, then swap them in one transaction (blue/green)",
         )
         parser.add_argument("--batch-size", type=int, default=1000, help="events per transaction")
 
@@ -73,9 +83,15 @@ class Command(BaseCommand):
                 f"{', '.join(busy)}: another runner is active (python3 dev.py run, or"
                 " another run_projection). Stop it first: --reset clears the read model"
                 " that it writes. Nothing was reset.")
+        if options["rebuild"] and (
+            busy := [name for name in names if is_locked(rebuild_lock_name(name))]
+        ):
+            raise CommandError(f"{', '.join(busy)}: a rebuild is already running. Nothing was"
+                               " started.")
         store = get_event_store()
         runners = []
-        reporter = _Reporter(self.stdout, show_bar=options["reset"], once=options["once"])
+        reporter = _Reporter(self.stdout, show_bar=options["reset"] or options["rebuild"],
+                             once=options["once"])
         for name in names:
             runners.append(ProjectionRunner(
                 PROJECTIONS[name](), store, batch_size=options["batch_size"], stop=stop,
@@ -83,7 +99,7 @@ class Command(BaseCommand):
             ))
         with reporter.quiet_batches():
             failures = _run_all(runners, once=options["once"], reset=options["reset"],
-                                stop=stop)
+                                rebuild=options["rebuild"], stop=stop)
         reporter.end_bar()
         for runner in runners:
             # The checkpoint as stored: a runner stopped while it waited moved nothing.
@@ -97,7 +113,8 @@ class Command(BaseCommand):
 
 
 def _run_all(
-    runners: list[ProjectionRunner], *, once: bool, reset: bool, stop: threading.Event
+    runners: list[ProjectionRunner], *, once: bool, reset: bool, rebuild: bool,
+    stop: threading.Event,
 ) -> list[str]:
     """Run each projection in a thread of its own; a failure stops them all."""
     failures: list[str] = []
@@ -106,7 +123,7 @@ def _run_all(
         from django.db import connection
 
         try:
-            runner.run(once=once, reset=reset)
+            runner.run(once=once, reset=reset, rebuild=rebuild)
         except BaseException as e:  # no thread dies while its process looks well
             failures.append(fail_loudly(runner, e))
             stop.set()
@@ -129,17 +146,23 @@ def _run_all(
 def fail_loudly(runner: ProjectionRunner, error: BaseException) -> str:
     """One log line naming the projection and where it stopped; the reason recorded for
     status, the overview and /readyz. Returns the reason."""
-    if isinstance(error, ProjectionError | CheckpointMoved):
+    if isinstance(error, ProjectionError | CheckpointMoved | VersionMismatch):
         reason = str(error)  # names the projection, and the event's position and type
     elif isinstance(error, EventStoreError):  # UnreadableEvent names the event
         reason = f"projection {runner.name!r} stopped: {error}"
     else:
         reason = (f"projection {runner.name!r} stopped after position"
                   f" {runner.progress.position}: {type(error).__name__}: {error}")
+    if runner.rebuilding:
+        reason = (f"rebuild of {runner.name!r} stopped; the live read model is untouched:"
+                  f" {reason}")
     reason = reason[:MAX_REASON]  # an error may quote a huge value; status shows one line
-    expected = isinstance(error, ProjectionError | CheckpointMoved | EventStoreError)
+    expected = isinstance(error, ProjectionError | CheckpointMoved | EventStoreError
+                          | VersionMismatch)
     logger.error("%s", reason, exc_info=None if expected else error,  # a bug: its traceback
                  extra={"projection": runner.name, "position": runner.progress.position})
+    if runner.rebuilding:
+        return reason  # the live read model and its runner are fine: nothing to record
     try:
         record_failure(runner.name, reason)
     except Exception as e:  # the database may be what failed
