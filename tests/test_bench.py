@@ -22,6 +22,7 @@ ROWS = [
     r"its commits alone: the events schema",
     r"rebuild both projections, one process each",
     r"rebuild both projections, one after the other",
+    r"rebuild beside the live tables \(--rebuild\), one after the other",
     r"live: from append to PaymentView row committed, p99",
     r"HTTP commands, 16 clients",
     r"HTTP commands, p99",
