@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -54,6 +55,7 @@ from payments.events import (
     decode_metadata,
     encode_data,
     encode_metadata,
+    format_timestamp,
     read_recorded,
     stream_name,
 )
@@ -83,9 +85,20 @@ _IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:paymentsite:idempotency")
 class PaymentNotFound(PaymentError):
     """No payment has this id."""
 
-    def __init__(self, payment_id: UUID) -> None:
+    def __init__(self, payment_id: UUID, message: str | None = None) -> None:
         self.payment_id = payment_id
-        super().__init__(f"payment {payment_id} not found")
+        super().__init__(message or f"payment {payment_id} not found")
+
+
+class PaymentNotYetCreated(PaymentNotFound):
+    """A past state asked for a moment before the payment's first event: there was none."""
+
+    def __init__(self, payment_id: UUID, moment: datetime, created_at: datetime) -> None:
+        super().__init__(payment_id, f"payment {payment_id} did not exist yet at"
+                                     f" {format_timestamp(moment)}: it was created at"
+                                     f" {format_timestamp(created_at)}")
+        self.moment = moment
+        self.created_at = created_at
 
 
 class ConcurrencyConflict(PaymentError):
@@ -110,11 +123,23 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class AsOf:
+    """Which past state a ``PaymentWithHistory`` holds: the one right after event ``version``."""
+
+    version: int  # the last event folded (stream versions count from 0)
+    time: datetime  # when that event occurred
+    current_version: int  # the payment's last event now, so a reader can tell
+    requested_time: datetime | None = None  # the moment asked for, in UTC (None: a version)
+
+
+@dataclass(frozen=True)
 class PaymentWithHistory:
-    """A payment's current state (folded from its stream) and its events."""
+    """A payment's state (folded from its stream) and the events it was folded from:
+    the current state, or a past one (``as_of``) with the events up to it."""
 
     payment: Payment
     history: list[HistoryEntry]
+    as_of: AsOf | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +271,121 @@ def decline_payment(
 def find_payment(*, payment_id: UUID, store: EventStore | None = None) -> PaymentWithHistory:
     """The payment folded from its stream (always current) with its stored events."""
     loaded = _load(store or get_event_store(), payment_id)
-    history = [
+    return PaymentWithHistory(payment=loaded.payment, history=_history(loaded))
+
+
+def find_payment_as_of(
+    *,
+    payment_id: UUID,
+    version: int | str | None = None,
+    time: datetime | str | None = None,
+    store: EventStore | None = None,
+) -> PaymentWithHistory:
+    """The payment as it was right after event ``version``, or at ``time`` (after the
+    events that occurred at or before it), with the events up to there.
+
+    Given neither, the current state (``as_of`` None), as ``find_payment``: views pass
+    their query parameters straight through. A version counts from 0, as the store
+    numbers events. A time is ISO 8601; one without a zone is UTC (as every stored
+    time is). Bad input is ``InvalidInput`` naming the parameter (a version beyond the
+    last names the last); a moment before the payment existed is ``PaymentNotYetCreated``.
+    """
+    if version is not None and time is not None:
+        raise InvalidInput("as_of", "give as_of_version or as_of, not both")
+    wanted = None if version is None else parse_as_of_version(version)
+    moment = None if time is None else parse_as_of_time(time)
+    if wanted is None and moment is None:
+        return find_payment(payment_id=payment_id, store=store)
+    loaded = _load(store or get_event_store(), payment_id)
+    history = _history(loaded)
+    last = history[-1].version
+    if wanted is not None:
+        if wanted > last:
+            raise InvalidInput(
+                "as_of_version",
+                f"payment {payment_id} has versions 0 to {last}: {wanted} is beyond its last"
+                f" version, {last}")
+        count = sum(1 for entry in history if entry.version <= wanted)
+    else:
+        assert moment is not None
+        # The longest run of events from the first that all occurred by then: the state is
+        # always one the stream went through, even if a writer's clock ran behind.
+        count = 0
+        while count < len(history) and history[count].occurred_at <= moment:
+            count += 1
+        if count == 0:
+            raise PaymentNotYetCreated(payment_id, moment, history[0].occurred_at)
+    payment = loaded.payment
+    if count < len(history):
+        payment = None
+        for record, event in zip(loaded.records[:count], loaded.events[:count], strict=True):
+            payment = apply(payment, event, record.version)
+    assert payment is not None
+    shown = history[:count]
+    return PaymentWithHistory(
+        payment=payment, history=shown,
+        as_of=AsOf(version=shown[-1].version, time=shown[-1].occurred_at, current_version=last,
+                   requested_time=moment),
+    )
+
+
+_VERSION = re.compile(r"[0-9]{1,18}", re.ASCII)  # more digits than any stream's length: refused
+_MAX_TIME_TEXT = 64  # characters; a longer "time" is refused before it is parsed
+
+
+def parse_as_of_version(value: int | str) -> int:
+    """A stream version to look back to: a whole number from 0 (the payment's first event)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text_value = value.strip() if isinstance(value, str) else None
+    if text_value is None or not _VERSION.fullmatch(text_value):
+        raise InvalidInput("as_of_version", f"must be a whole number from 0 (the payment's"
+                                            f" first event), not {value!r:.40}")
+    return int(text_value)
+
+
+def parse_as_of_time(value: datetime | str) -> datetime:
+    """A moment to look back to, in UTC: ISO 8601, a date with a time; no zone means UTC."""
+    if isinstance(value, str):
+        text_value = value.strip()
+        example = "such as 2026-11-29T14:00:00Z"
+        if len(text_value) > _MAX_TIME_TEXT:
+            raise InvalidInput("as_of", f"is not an ISO 8601 time {example}: too long")
+        try:
+            date.fromisoformat(text_value)
+        except ValueError:
+            pass
+        else:  # midnight, or the end of the day? Neither is guessed.
+            raise InvalidInput("as_of", f"{text_value!r} is a date; give a time of day too,"
+                                        f" {example} or 2026-11-29T23:59:59Z")
+        try:
+            moment = datetime.fromisoformat(text_value)
+        except ValueError:
+            # A "+" in a URL's query is a space once decoded: "…T10:00:00 01:00".
+            hint = "; in a URL write its + as %2B" if " " in text_value else ""
+            raise InvalidInput("as_of", f"{text_value!r:.40} is not an ISO 8601 time"
+                                        f" {example}{hint}") from None
+    elif isinstance(value, datetime):
+        moment = value
+    else:
+        raise InvalidInput("as_of", "must be an ISO 8601 time such as 2026-11-29T14:00:00Z")
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput("as_of", "is out of range (years 1 to 9999 in UTC)") from None
+
+
+# --- the one command loop ------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _history(loaded: _Loaded) -> list[HistoryEntry]:
+    return [
         HistoryEntry(
             type=record.type,
             data=document,
@@ -258,14 +397,6 @@ def find_payment(*, payment_id: UUID, store: EventStore | None = None) -> Paymen
         for record, document, event in zip(loaded.records, loaded.documents, loaded.events,
                                            strict=True)
     ]
-    return PaymentWithHistory(payment=loaded.payment, history=history)
-
-
-# --- the one command loop ------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _load(store: EventStore, payment_id: UUID) -> _Loaded:

@@ -1,8 +1,10 @@
 """The payment pages: the create form, a payment's page and its command forms.
 
-The payment's page reads the stream (``find_payment``), never a projection, so after
-a command (POST, then redirect) the user sees the new state at once. Each command
-view validates one form and calls one service function.
+The payment's page reads the stream (``find_payment_as_of``), never a projection, so
+after a command (POST, then redirect) the user sees the new state at once; with
+``?as_of_version=N`` (or ``?as_of=<time>``) it shows the payment as it was then, with
+no forms and no live updates. Each command view validates one form and calls one
+service function.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from payments.forms import (
     SettleForm,
 )
 from payments.history import nearest_page, page_links, page_summary
+from paymentsite.errors import not_found_page
 from paymentsite.live import live_page, store_head
 
 COMMANDS: dict[Action, tuple[type[CommandForm], Any]] = {
@@ -55,6 +58,7 @@ OUT_OF_DATE = {
                                    " going back and editing it?): the payment is now"
                                    " {status}. Review and try again.",
 }
+AS_OF_PARAMETERS = ("as_of_version", "as_of")
 KEY_REUSED_ON_NEW = ("This form was already sent, with other values (after going back and"
                      " editing it?), and made a payment then. Check the values and send the"
                      " form again to make another payment.")
@@ -76,25 +80,40 @@ def _fresh_form(action: Action, version: int) -> CommandForm:
                       initial={"expected_version": version, "idempotency_key": uuid4()})
 
 
+def is_past_state(request: HttpRequest) -> bool:
+    """A payment's page asked for a past state, which never changes: no polling for it."""
+    return any(name in request.GET for name in AS_OF_PARAMETERS)
+
+
 def _payment_page(
     request: HttpRequest, payment_id: UUID, *, failed: tuple[Action, CommandForm] | None = None,
     refusal: str | None = None, out_of_date: str | None = None, status: int = 200,
+    as_of_version: str | None = None, as_of: str | None = None,
 ) -> HttpResponse:
     """The payment's state, one page of its history and one form per allowed action.
 
     ``?events_page=N`` picks the page (from 1, the oldest; none: the newest page, where
-    a command's event appears); a number out of range shows the nearest page.
+    a command's event appears); a number out of range shows the nearest page. A past
+    state (``as_of_version``, ``as_of``) offers no forms: the past cannot be acted on.
     """
     try:
-        found = services.find_payment(payment_id=payment_id)
+        found = services.find_payment_as_of(payment_id=payment_id, version=as_of_version,
+                                            time=as_of)
+    except services.PaymentNotYetCreated as e:
+        return not_found_page(request, f"The {e}.", link=(
+            reverse("payments:detail", args=[payment_id]), "See the payment as it is now"))
     except services.PaymentNotFound:
         raise Http404(f"payment {payment_id} not found") from None
+    except InvalidInput as e:
+        return render(request, "400.html", {
+            "message": str(e),
+            "back": reverse("payments:detail", args=[payment_id])}, status=400)
     payment = found.payment
     errors = [refusal] if refusal else []
     if out_of_date:
         errors.append(out_of_date.format(status=status_words(payment.status)))
     forms = []
-    for action in payment.allowed_actions:
+    for action in () if found.as_of else payment.allowed_actions:
         if failed and failed[0] == action:
             forms.append((action, failed[1]))
         else:
@@ -103,19 +122,23 @@ def _payment_page(
         # The status moved on: the failed form is not shown, so say why at the top.
         errors.append(f"cannot {failed[0]} a payment that is {payment.status}")
     page = nearest_page(found.history, request.GET.get("events_page"))
+    as_of_event = found.history[-1] if found.as_of else None
     return render(request, "payments/detail.html", {
         "payment": payment, "history": page.object_list, "history_page": page,
         "history_links": page_links(page), "history_summary": page_summary(page),
-        "forms": forms, "errors": errors,
+        "forms": forms, "errors": errors, "as_of": found.as_of, "as_of_event": as_of_event,
+        # Pages of a past state's history stay in that state.
+        "page_query": f"as_of_version={found.as_of.version}&" if found.as_of else "",
     }, status=status)
 
 
 @login_required
 @require_GET
-@live_page(store_head)
+@live_page(store_head, unless=is_past_state)
 def payment_detail(request: HttpRequest, payment_id: UUID) -> HttpResponse:
-    """GET /payments/<id>/: read from the stream, always current."""
-    return _payment_page(request, payment_id)
+    """GET /payments/<id>/: read from the stream, always current; or a past state."""
+    return _payment_page(request, payment_id, as_of_version=request.GET.get("as_of_version"),
+                         as_of=request.GET.get("as_of"))
 
 
 @login_required

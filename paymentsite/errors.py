@@ -104,6 +104,16 @@ def _site_404(request: HttpRequest) -> HttpResponse:
     return _mark(response)
 
 
+def not_found_page(request: HttpRequest, message: str, *,
+                   link: tuple[str, str] | None = None) -> HttpResponse:
+    """The site's 404 page saying why, for a view that knows (a payment's page before the
+    payment existed), with a link (address, words) to what does exist."""
+    response = render(request, "404.html", {"message": message, "link": link},
+                      status=HTTPStatus.NOT_FOUND)
+    patch_vary_headers(response, ("Cookie",))
+    return _mark(response)
+
+
 def _site_405(request: HttpRequest, allowed: str) -> HttpResponse:
     response = render(request, "405.html", {"method": request.method, "allowed": allowed},
                       status=HTTPStatus.METHOD_NOT_ALLOWED)

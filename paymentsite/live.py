@@ -6,7 +6,9 @@ while the version is unchanged: one cheap query instead of a page. The version n
 what the page is drawn from: for the read-model pages, what their lag notices show
 (``projections.selectors.read_models_version``, from the same cache, so a poll does not
 ask the store either); for a payment's page, read from its stream, the store's head.
-Without JavaScript the page is the plain page; a poll never changes anything.
+Without JavaScript the page is the plain page; a poll never changes anything. An
+address that never changes (``unless``: a payment as it was after one of its events)
+is served as a plain page, with no version and no script.
 """
 
 from __future__ import annotations
@@ -32,13 +34,18 @@ def store_head() -> str:
         return "-"
 
 
-def live_page(version: Callable[[], str]) -> Callable[[View], View]:
+def live_page(
+    version: Callable[[], str], *, unless: Callable[[HttpRequest], bool] | None = None,
+) -> Callable[[View], View]:
     """Answer a live poll (the ``X-Live-Version`` header) with 204 while ``version()`` is
-    what the browser has; otherwise the page, its version in the header and on <body>."""
+    what the browser has; otherwise the page, its version in the header and on <body>.
+    A request for which ``unless`` holds gets the plain page: nothing to follow there."""
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if unless is not None and unless(request):
+                return view(request, *args, **kwargs)
             current = version()
             if request.headers.get(HEADER) == current:
                 response = HttpResponse(status=204)

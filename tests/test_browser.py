@@ -363,6 +363,36 @@ def test_a_command_through_the_api_appears_on_the_open_list_without_a_reload(
     user.screenshot("list-updated-live")
 
 
+def test_an_event_on_the_timeline_shows_the_payment_as_it_was_then(user: User) -> None:
+    """Click an event: the state right after it, under a banner, no forms and no polling;
+    "Back to now" returns to the current state."""
+    from payments import services
+
+    payment = services.create_payment(amount="30.00")
+    services.authorize_payment(payment_id=payment.id, bank_name="Acme Bank")
+    services.settle_payment(payment_id=payment.id)
+    user.log_in(USERNAME, PASSWORD)
+    user.open(f"/payments/{payment.id}/")
+    assert user.status() == "settled"
+    assert not user.all("#as-of")
+    user.submit('#timeline li.event[data-version="1"] a.event-type')  # a link: a click, a page
+    assert user.driver.current_url.endswith(f"/payments/{payment.id}/?as_of_version=1")
+    banner = user.find("#as-of")
+    assert "as it was after event 1 (PaymentAuthorized" in banner.text
+    assert "not the current state: the payment is now at version 2" in banner.text
+    assert user.status() == "authorized"
+    assert user.timeline() == ["PaymentCreated", "PaymentAuthorized"]
+    assert user.action_forms() == set()
+    assert user.all("#past-no-actions")
+    assert user.find("body").get_attribute("data-live-version") is None  # not polled
+    user.screenshot("detail-as-of-version-1")
+    user.submit("#as-of-now")
+    assert user.payment_id() == str(payment.id)
+    assert not user.all("#as-of")
+    assert user.status() == "settled"
+    assert user.action_forms() == {"refund"}
+
+
 # --- every page at a phone's width and a laptop's (issue 14) ----------------------------
 
 WIDTHS = {"phone": 390, "laptop": 1280}
@@ -410,7 +440,9 @@ def test_every_page_fits_the_screen(user: User, width: str) -> None:
         user.log_in(USERNAME, PASSWORD)
         pages = {
             "overview": "/", "payments": "/payments/", "new": "/payments/new/",
-            "payment": f"/payments/{made['payment']}/", "declines": "/declines/",
+            "payment": f"/payments/{made['payment']}/",
+            "payment-as-of": f"/payments/{made['payment']}/?as_of_version=1",
+            "declines": "/declines/",
             "token": "/accounts/token/",
             "admin-payments": "/admin/projections/paymentview/",
             "admin-payment": f"/admin/projections/paymentview/{made['payment']}/change/",

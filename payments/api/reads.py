@@ -158,12 +158,30 @@ EVENTS_PAGE_PARAMETERS = [
 ]
 
 
+AS_OF_PARAMETERS = [
+    OpenApiParameter(
+        "as_of_version", {"type": "integer", "minimum": 0}, OpenApiParameter.QUERY,
+        description="the payment as it was right after this event (stream versions count from"
+                    " 0, as `version` and `events[].version` do), with its events up to there;"
+                    " beyond the last version is a 400 naming it. Not with `as_of`.",
+    ),
+    OpenApiParameter(
+        "as_of", {"type": "string", "format": "date-time"}, OpenApiParameter.QUERY,
+        description="the payment as it was at this moment (ISO 8601, a date and a time; no"
+                    " zone means UTC; in a URL write `+` as `%2B`): after the events that"
+                    " occurred at or before it. Before the payment existed is a 404. Not with"
+                    " `as_of_version`.",
+    ),
+]
+
+
 class PaymentDetailApi(APIView):
     """GET /api/payments/{id}/: the payment folded from its stream, with a page of its events.
 
     The first page is what this endpoint always answered for a payment with up to
     ``API_PAGE_SIZE`` events: all of them, oldest first; a longer history is paged so
-    an answer stays small however many events a payment has.
+    an answer stays small however many events a payment has. ``?as_of_version=N`` or
+    ``?as_of=<time>`` answers a past state instead, marked by ``as_of``.
     """
 
     @extend_schema(
@@ -172,13 +190,20 @@ class PaymentDetailApi(APIView):
                     f" and a page of its `events`, oldest first: at most `events_page_size`"
                     f" ({API_PAGE_SIZE} by default), so a payment with fewer events has them"
                     f" all on the first page. `events_next` and `events_previous` are the URLs"
-                    f" of the pages either side (null when there is none).",
-        parameters=[PAYMENT_ID_PARAMETER, *EVENTS_PAGE_PARAMETERS], tags=["payments"],
+                    f" of the pages either side (null when there is none). With"
+                    f" `as_of_version` or `as_of`, the payment as it was then, its events up"
+                    f" to there, and `as_of` saying which state it is.",
+        parameters=[PAYMENT_ID_PARAMETER, *EVENTS_PAGE_PARAMETERS, *AS_OF_PARAMETERS],
+        tags=["payments"],
         responses={200: PaymentDetailSerializer,
                    **{code: COMMAND_ERRORS[code] for code in (400, 401, 404, 503)}},
     )
     def get(self, request: Request, payment_id: str) -> Response:
-        found = services.find_payment(payment_id=payment_id_from(payment_id))
+        found = services.find_payment_as_of(
+            payment_id=payment_id_from(payment_id),
+            version=request.query_params.get("as_of_version"),
+            time=request.query_params.get("as_of"),
+        )
         try:
             page = exact_page(found.history, request.query_params.get("events_page"),
                               request.query_params.get("events_page_size"))
@@ -191,5 +216,6 @@ class PaymentDetailApi(APIView):
                       if page.has_next() else None),
             previous_url=(replace_query_param(url, "events_page", page.previous_page_number())
                           if page.has_previous() else None),
+            as_of=found.as_of,
         )
         return Response(PaymentDetailSerializer(detail).data)

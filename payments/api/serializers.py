@@ -26,7 +26,7 @@ from payments.domain import (
     parse_decline_code,
 )
 from payments.history import API_PAGE_SIZE
-from payments.services import HistoryEntry, PaymentWithHistory
+from payments.services import AsOf, HistoryEntry, PaymentWithHistory
 
 MONEY = {"max_digits": 14, "decimal_places": 2}
 
@@ -160,10 +160,25 @@ def event_json(entry: HistoryEntry) -> dict[str, Any]:
             "position": entry.position, "occurred_at": _timestamp(entry.occurred_at)}
 
 
+def as_of_json(as_of: AsOf | None) -> dict[str, Any]:
+    """``{"as_of": …}`` for a past state (which event, when, and the version now); nothing
+    for the current state, whose answer stays as it always was."""
+    if as_of is None:
+        return {}
+    return {"as_of": {
+        "version": as_of.version,
+        "time": _timestamp(as_of.time),
+        "current_version": as_of.current_version,
+        "requested_time": (None if as_of.requested_time is None
+                           else _timestamp(as_of.requested_time)),
+    }}
+
+
 def history_json(found: PaymentWithHistory) -> dict[str, Any]:
     """The payment and every event it was folded from, oldest first (the CLI's ``find``:
     its user asked for the whole history; the API answers a page, ``detail_json``)."""
-    return {**payment_json(found.payment), "events": [event_json(e) for e in found.history]}
+    return {**payment_json(found.payment), **as_of_json(found.as_of),
+            "events": [event_json(e) for e in found.history]}
 
 
 @dataclass(frozen=True)
@@ -174,12 +189,14 @@ class PaymentDetail:
     events: Page
     next_url: str | None
     previous_url: str | None
+    as_of: AsOf | None = None  # a past state: the events are those up to it
 
 
 def detail_json(detail: PaymentDetail) -> dict[str, Any]:
     """The API detail: the payment, the number of its events and one page of them."""
     return {
         **payment_json(detail.payment),
+        **as_of_json(detail.as_of),
         "events_count": detail.events.paginator.count,
         "events_next": detail.next_url,
         "events_previous": detail.previous_url,
@@ -220,8 +237,26 @@ class PaymentEventSerializer(serializers.Serializer):
     occurred_at = serializers.DateTimeField()
 
 
+class AsOfSerializer(serializers.Serializer):
+    """Which past state a detail shows (only when ``as_of_version`` or ``as_of`` was given)."""
+
+    version = serializers.IntegerField(
+        help_text="the last event folded into this state (from 0); `version` above is the same")
+    time = serializers.DateTimeField(help_text="when that event occurred (UTC)")
+    current_version = serializers.IntegerField(
+        help_text="the payment's last version now: the state is past when it is higher")
+    requested_time = serializers.DateTimeField(
+        allow_null=True, help_text="the moment asked for with `as_of`, in UTC; null when"
+                                   " asked by `as_of_version`")
+
+
 class PaymentDetailSerializer(PaymentSerializer):
     """A payment folded from its stream, with one page of the events it was folded from."""
+
+    as_of = AsOfSerializer(
+        required=False,
+        help_text="present only for a past state (`as_of_version` or `as_of`): the payment as"
+                  " it was right after event `as_of.version`, and its events up to there")
 
     events_count = serializers.IntegerField(help_text="how many events the payment has")
     events_next = serializers.URLField(

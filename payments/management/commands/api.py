@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from argparse import ArgumentParser
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from django.core.management.base import BaseCommand, CommandError
 from payments import services
 from payments.api.serializers import history_json, payment_json
 from payments.domain import InvalidInput, Payment, PaymentError
-from payments.events import EventDecodeError
+from payments.events import EventDecodeError, format_timestamp
 from payments.eventstore import EventStoreError
 
 ACTIONS = ("create", "authorize", "settle", "decline", "refund", "find")
@@ -52,7 +53,7 @@ class Command(BaseCommand):
         "Issue a payment command, as the original api.py did. "
         "Examples: api -a create -v 100.00; api -a authorize -i ID -b 'Bank'; "
         "api -a settle -i ID [-v 40.00]; api -a refund -i ID [-v 10.00]; "
-        "api -a decline -i ID -b 'Bank' -c 05; api -a find -i ID"
+        "api -a decline -i ID -b 'Bank' -c 05; api -a find -i ID [--as-of VERSION_OR_TIME]"
     )
 
     def add_base_argument(self, parser: ArgumentParser, *args: Any, **kwargs: Any) -> None:
@@ -76,6 +77,11 @@ class Command(BaseCommand):
         parser.add_argument("-c", "--decline-code", help="decline code, e.g. 05 (decline)")
         parser.add_argument("--currency", help="ISO 4217 code for create (default from settings)")
         parser.add_argument("--idempotency-key", help="makes a retried command append nothing")
+        parser.add_argument(
+            "--as-of", metavar="VERSION_OR_TIME",
+            help="find: the payment as it was right after event VERSION (a whole number, from"
+                 " 0), or at an ISO 8601 TIME (UTC unless it names a zone)",
+        )
         parser.add_argument("--json", action="store_true", help="print JSON")
 
     def execute(self, *args: Any, **options: Any) -> str | None:
@@ -115,12 +121,17 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(str(payment.id))
             return
+        if options["as_of"] is not None and action != "find":
+            raise CommandError(f"--as-of goes with -a find only, not with {action}")
         payment_id = _payment_id(options["id"], action)
         if action == "find":
-            found = services.find_payment(payment_id=payment_id)
+            found = services.find_payment_as_of(payment_id=payment_id,
+                                                **_as_of(options["as_of"]))
             if options["json"]:
                 self._print_json(history_json(found))
             else:
+                if found.as_of is not None:
+                    self.stdout.write(_past_state_line(found.as_of))
                 self._print_fields(found.payment)
                 for entry in history_json(found)["events"]:
                     details = ", ".join(
@@ -166,7 +177,27 @@ class Command(BaseCommand):
 
 _FLAGS = {"value": "-v/--value", "bank_name": "-b/--bank-name",
           "decline_code": "-c/--decline-code", "id": "-i/--id", "amount": "-v/--value",
-          "currency": "--currency", "idempotency_key": "--idempotency-key"}
+          "currency": "--currency", "idempotency_key": "--idempotency-key",
+          "as_of_version": "--as-of", "as_of": "--as-of"}
+_WHOLE_NUMBER = re.compile(r"\s*-?[0-9]+\s*", re.ASCII)
+
+
+def _as_of(value: str | None) -> dict[str, str]:
+    """``--as-of``: a whole number is a version (so ``-1`` is refused as one), anything
+    else a time; the service parses and checks either."""
+    if value is None:
+        return {}
+    return {"version": value} if _WHOLE_NUMBER.fullmatch(value) else {"time": value}
+
+
+def _past_state_line(as_of: services.AsOf) -> str:
+    """What ``find --as-of`` adds to the fields: which state this is, and that it is past."""
+    asked = ("" if as_of.requested_time is None
+             else f", the last event by {format_timestamp(as_of.requested_time)}")
+    now = (f"the payment is now at version {as_of.current_version}"
+           if as_of.current_version > as_of.version else "no event has followed it yet")
+    return (f"as_of: a past state, right after event {as_of.version} at"
+            f" {format_timestamp(as_of.time)}{asked}; {now}")
 
 
 def _scoped_key(value: str | None) -> str | None:
