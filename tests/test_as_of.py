@@ -547,3 +547,27 @@ def test_as_a_script_a_bad_as_of_is_one_line_on_stderr(tmp_path) -> None:
         assert refused.stdout == ""
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert refused.stderr.startswith("CommandError: "), refused.stderr
+
+
+def test_as_of_reads_the_same_from_eventstoredb() -> None:
+    """The rule is the service's, over the store port: EventStoreDB (the double that the
+    contract suite checks against the real server) answers as the embedded store does."""
+    from payments.eventstore.esdb import EventStoreDBEventStore
+    from tests.esdb_double import EventStoreDBDouble
+
+    with EventStoreDBDouble() as double:
+        store = EventStoreDBEventStore(double.uri, timeout=2.0)
+        try:
+            payment = services.create_payment(amount="30.00", currency="EUR", store=store)
+            services.authorize_payment(payment_id=payment.id, bank_name="Far Bank", store=store)
+            services.settle_payment(payment_id=payment.id, amount="10.00", store=store)
+            first = services.find_payment_as_of(payment_id=payment.id, version=0, store=store)
+            second = services.find_payment_as_of(payment_id=payment.id, version="1", store=store)
+            with pytest.raises(services.InvalidInput, match="beyond its last version, 2"):
+                services.find_payment_as_of(payment_id=payment.id, version=3, store=store)
+        finally:
+            store.close()
+    assert (first.payment.status, len(first.history)) == ("pending", 1)
+    assert (second.payment.status, second.payment.bank_name) == ("authorized", "Far Bank")
+    assert second.as_of is not None
+    assert second.as_of.current_version == 2
