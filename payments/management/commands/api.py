@@ -50,7 +50,7 @@ def _service_log_quiet(quiet: bool) -> Iterator[None]:
 class Command(BaseCommand):
     help = (
         "Issue a payment command, as the original api.py did. "
-        "Examples: api -a create -v 100.00; api -a authorize -i ID -b 'Bank'; "
+        "Examples: api -a create -v 100.00 [-r 'order 1234']; api -a authorize -i ID -b 'Bank'; "
         "api -a settle -i ID [-v 40.00]; api -a refund -i ID [-v 10.00]; "
         "api -a decline -i ID -b 'Bank' -c 05; api -a find -i ID"
     )
@@ -75,6 +75,9 @@ class Command(BaseCommand):
         parser.add_argument("-b", "--bank-name", help="bank name (authorize, decline, settle)")
         parser.add_argument("-c", "--decline-code", help="decline code, e.g. 05 (decline)")
         parser.add_argument("--currency", help="ISO 4217 code for create (default from settings)")
+        parser.add_argument("-r", "--reference",
+                            help="the merchant's own reference for create, e.g. an order"
+                                 " number (optional, at most 64 characters)")
         parser.add_argument("--idempotency-key", help="makes a retried command append nothing")
         parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -108,13 +111,17 @@ class Command(BaseCommand):
                                    " for it (use --idempotency-key to make a retry safe)")
             payment = services.create_payment(
                 amount=_required(options, "value", action), currency=options["currency"],
-                idempotency_key=key,
+                reference=options["reference"] or "", idempotency_key=key,
             )
             if options["json"]:
                 self._print_json(payment_json(payment))
             else:
                 self.stdout.write(str(payment.id))
             return
+        if options["reference"] is not None:
+            # Only a create sets it: taking it here silently would look like a change.
+            raise CommandError(f"{action} takes no -r/--reference: a payment's reference is"
+                               " given when it is created")
         payment_id = _payment_id(options["id"], action)
         if action == "find":
             found = services.find_payment(payment_id=payment_id)
@@ -166,7 +173,8 @@ class Command(BaseCommand):
 
 _FLAGS = {"value": "-v/--value", "bank_name": "-b/--bank-name",
           "decline_code": "-c/--decline-code", "id": "-i/--id", "amount": "-v/--value",
-          "currency": "--currency", "idempotency_key": "--idempotency-key"}
+          "currency": "--currency", "idempotency_key": "--idempotency-key",
+          "reference": "-r/--reference"}
 
 
 def _scoped_key(value: str | None) -> str | None:
