@@ -5,7 +5,7 @@ Functional style: a command is a function of the current state that either refus
 only thing that changes state, and ``fold`` rebuilds a payment from its events. The
 projections reuse ``apply`` so that the read model and the write side cannot drift.
 
-Every input rule (amount, currency, bank name, decline code) lives here, in one
+Every input rule (amount, currency, bank name, decline code, reference) lives here, in one
 place; the CLI, the API and the forms call ``parse_*`` and show the message.
 """
 
@@ -33,6 +33,7 @@ from payments.events import (
 CENT = Decimal("0.01")
 MAX_AMOUNT = Decimal("999999999999.99")
 MAX_BANK_NAME_LENGTH = 100
+MAX_REFERENCE_LENGTH = 64
 # Settle and refund events per payment. A card payment is captured in a few parts
 # (shipments) and refunded in a few; a hundred of each is far beyond any real order and
 # keeps every stream short enough to read and fold on each command (DECISIONS.md).
@@ -188,12 +189,13 @@ def parse_currency(value: str) -> str:
     return code
 
 
-def parse_text(value: str, field: str, *, max_length: int) -> str:
+def parse_text(value: str, field: str, *, max_length: int, allow_empty: bool = False) -> str:
     """The text rule (DESIGN.md) for every free-text field: valid, printable, one line.
 
     Refuses lone surrogates, NUL, control and format characters (bidi overrides
     included) with a message naming the character; then NFC, trimmed, 1 to
-    ``max_length`` characters (code points, after normalisation).
+    ``max_length`` characters (code points, after normalisation); 0 when
+    ``allow_empty`` (an optional field: nothing but spaces is nothing).
     """
     if not isinstance(value, str):
         raise InvalidInput(field, "must be text")
@@ -203,7 +205,7 @@ def parse_text(value: str, field: str, *, max_length: int) -> str:
     if found is not None:
         raise InvalidInput(field, text.describe(found))
     cleaned = text.normalise(value).strip()
-    if not cleaned:
+    if not cleaned and not allow_empty:
         raise InvalidInput(field, "must not be empty")
     if len(cleaned) > max_length:
         raise InvalidInput(field, f"must be at most {max_length} characters")
@@ -213,6 +215,12 @@ def parse_text(value: str, field: str, *, max_length: int) -> str:
 def parse_bank_name(value: str) -> str:
     """A bank name under the text rule, at most 100 characters."""
     return parse_text(value, "bank_name", max_length=MAX_BANK_NAME_LENGTH)
+
+
+def parse_reference(value: str) -> str:
+    """The merchant's own reference (an order number, an invoice): optional free text
+    under the text rule, at most 64 characters; empty or only spaces is "" (none)."""
+    return parse_text(value, "reference", max_length=MAX_REFERENCE_LENGTH, allow_empty=True)
 
 
 def parse_decline_code(value: str) -> str:
@@ -234,6 +242,7 @@ class Payment:
     status: PaymentStatus
     amount: Decimal
     currency: str
+    reference: str = ""  # the merchant's, from PaymentCreated; "" for none
     settled_amount: Decimal = Decimal("0.00")
     refunded_amount: Decimal = Decimal("0.00")
     bank_name: str | None = None
@@ -322,13 +331,15 @@ class Payment:
 
 
 def create_payment(
-    *, payment_id: UUID, amount: Decimal | str, currency: str, occurred_at: datetime
+    *, payment_id: UUID, amount: Decimal | str, currency: str, reference: str = "",
+    occurred_at: datetime,
 ) -> PaymentCreated:
     """Decide the first event of a new payment."""
     return PaymentCreated(
         payment_id=payment_id,
         amount=parse_amount(amount),
         currency=parse_currency(currency),
+        reference=parse_reference(reference),
         occurred_at=occurred_at,
     )
 
@@ -347,6 +358,7 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
             status=PaymentStatus.PENDING,
             amount=event.amount,
             currency=event.currency,
+            reference=event.reference,
             created_at=event.occurred_at,
             updated_at=event.occurred_at,
             version=version,

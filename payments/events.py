@@ -21,7 +21,7 @@ from payments import text
 from payments.eventstore.port import RecordedEvent, UnreadableEvent
 
 STREAM_CATEGORY = "payments"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class EventDecodeError(ValueError):
@@ -44,6 +44,9 @@ class PaymentCreated(PaymentEvent):
 
     amount: Decimal
     currency: str
+    # Since schema version 2: the merchant's own reference, "" for none (and for every
+    # payment created at version 1, which had none).
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,22 +160,48 @@ def decode_metadata(metadata: bytes) -> dict[str, Any]:
 
 
 def _schema_version(metadata: bytes) -> object:
-    """The metadata's schema version; the JSON is parsed only when not our own form."""
+    """The metadata's schema version; the JSON is parsed only when not our own form.
+
+    A document that names no version is at version 1: every event this code wrote says
+    its version, so one without came from another writer, and the contract it can be
+    assumed to know is the first one (reading it as the current version would change
+    its meaning with every bump).
+    """
     if metadata.endswith(_CURRENT_VERSION_SUFFIX):  # what encode_metadata writes
         return SCHEMA_VERSION
-    return decode_metadata(metadata).get("schemaVersion", SCHEMA_VERSION)
+    for suffix, version in _OLDER_VERSION_SUFFIXES:  # what it wrote before (a rebuild
+        if metadata.endswith(suffix):  # reads them all: parsing costs 3 µs an event)
+            return version
+    return decode_metadata(metadata).get("schemaVersion", 1)
 
 
 _CURRENT_VERSION_SUFFIX = f'"schemaVersion":{SCHEMA_VERSION}}}'.encode()
+_OLDER_VERSION_SUFFIXES = tuple(
+    (f'"schemaVersion":{version}}}'.encode(), version) for version in range(1, SCHEMA_VERSION)
+)
 
 # --- the read-time step: every stored document passes here before it is an event ------
 #
 # Upcasters: for an event type and a schema version n, a function that turns the stored
 # JSON document of version n into version n + 1. Decoding applies them in order up to
 # SCHEMA_VERSION (a type with no upcaster at n did not change at n + 1); new events are
-# written at SCHEMA_VERSION only. None yet: version 1 is the only one ever written.
+# written at SCHEMA_VERSION only. An upcaster never edits what the version meant: old
+# events are never rewritten, and tests/fixtures/events-v<n>.jsonl must keep decoding.
 Document = dict[str, Any]
-UPCASTERS: dict[tuple[str, int], Callable[[Document], Document]] = {}
+
+
+def _created_v1_to_v2(document: Document) -> Document:
+    """PaymentCreated 1 → 2: the merchant ``reference`` arrived; a v1 payment has none.
+
+    Set, not defaulted: a key of that name in a v1 document was never part of the
+    contract (another writer's extra field), so it is not a reference either.
+    """
+    return {**document, "reference": ""}
+
+
+UPCASTERS: dict[tuple[str, int], Callable[[Document], Document]] = {
+    (PaymentCreated.type_name, 1): _created_v1_to_v2,
+}
 
 
 def upcast(type_name: str, version: object, document: Document) -> Document:

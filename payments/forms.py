@@ -22,6 +22,7 @@ from payments.domain import (
     parse_bank_name,
     parse_currency,
     parse_decline_code,
+    parse_reference,
 )
 
 
@@ -87,6 +88,8 @@ class CreatePaymentForm(CommandForm):
     expected_version = None  # a new payment has no version yet
     amount = _text("Amount", required=True, inputmode="decimal", placeholder="100.00")
     currency = _text("Currency", required=True, maxlength="3", size="4")
+    # No maxlength: a browser counts UTF-16 units, the rule counts characters (and says so).
+    reference = _text("Reference (optional)", required=False, placeholder="order 1234")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -97,6 +100,9 @@ class CreatePaymentForm(CommandForm):
 
     def clean_currency(self) -> str:
         return _domain_rule(parse_currency, self.cleaned_data["currency"])
+
+    def clean_reference(self) -> str:
+        return _domain_rule(parse_reference, self.cleaned_data["reference"])
 
 
 class AuthorizeForm(CommandForm):

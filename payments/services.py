@@ -45,6 +45,7 @@ from payments.domain import (
     parse_bank_name,
     parse_currency,
     parse_decline_code,
+    parse_reference,
 )
 from payments.domain import (
     create_payment as decide_create,
@@ -170,6 +171,7 @@ def create_payment(
     *,
     amount: Decimal | str,
     currency: str | None = None,
+    reference: str = "",
     idempotency_key: str | None = None,
     correlation_id: UUID | None = None,
     store: EventStore | None = None,
@@ -178,14 +180,31 @@ def create_payment(
     payment_id = uuid5(_IDEMPOTENCY_NAMESPACE, idempotency_key) if idempotency_key else uuid4()
     return _run(
         store or get_event_store(), payment_id, "create",
-        lambda: {"amount": parse_amount(amount),
-                 # None: the default; "" is a currency that was given empty, refused.
-                 "currency": parse_currency(
-                     settings.DEFAULT_CURRENCY if currency is None else currency)},
+        lambda: _create_request(amount, currency, reference),
         lambda _, request: decide_create(payment_id=payment_id, **request, occurred_at=_now()),
         idempotency_key=idempotency_key, correlation_id=correlation_id, expected_version=None,
         creates=True,
     )
+
+
+def _create_request(
+    amount: Decimal | str, currency: str | None, reference: str
+) -> dict[str, Any]:
+    """The create's arguments, normalised (what its idempotency fingerprint compares).
+
+    No reference is left out rather than given as "": a create keyed before references
+    existed has the same fingerprint when it is retried now, and is a replay, not a
+    different request.
+    """
+    request: dict[str, Any] = {
+        "amount": parse_amount(amount),
+        # None: the default; "" is a currency that was given empty, refused.
+        "currency": parse_currency(settings.DEFAULT_CURRENCY if currency is None else currency),
+    }
+    parsed_reference = parse_reference(reference)
+    if parsed_reference:
+        request["reference"] = parsed_reference
+    return request
 
 
 def authorize_payment(

@@ -4,7 +4,7 @@ The projections own these tables: anything typed into a form here would be
 overwritten by the next event (or, for a checkpoint, would skip or repeat events).
 So nobody may add, change or delete; staff may look. The lists are built for a
 table of millions of rows: no full count, filters and sorting only on indexed
-columns, and the payment search goes by primary key or by an indexed exact match.
+columns, and the payment search goes by primary key or by indexed exact matches.
 The date drill-down (``templates/admin/projections/change_list.html``) and the lists
 of a column's values (``IndexedValuesListFilter``) find what they show by index probes
 (``projections.admin_probes``), not by reading every row.
@@ -20,7 +20,7 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Page, Paginator
-from django.db.models import BigIntegerField, Model, QuerySet, Value
+from django.db.models import BigIntegerField, Model, Q, QuerySet, Value
 from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -177,14 +177,16 @@ class PaymentViewAdmin(ReadOnlyAdmin):
         "status", ("currency", IndexedValuesListFilter),
         ("bank_name", IndexedValuesListFilter), "created_at", "updated_at",
     )
-    search_fields = ("=payment_id", "=bank_name")  # shows the box; see get_search_results
-    search_help_text = "A payment id (full UUID) or a bank name (exact, case-sensitive)."
+    # Shows the box; get_search_results does the searching.
+    search_fields = ("=payment_id", "=reference", "=bank_name")
+    search_help_text = ("A payment id (full UUID), a merchant reference or a bank name (exact,"
+                        " case-sensitive).")
     date_hierarchy = "updated_at"
     ordering = ("-updated_at",)
     sortable_by = ("short_id", "updated")  # the indexed ones: no sort of a whole table
     fieldsets = (
         (None, {"fields": (
-            "payment_id", "status", ("amount", "currency"),
+            "payment_id", "status", ("amount", "currency"), "reference",
             ("settled_amount", "refunded_amount"), ("bank_name", "decline_code"),
         )}),
         ("Stream", {"fields": (
@@ -197,19 +199,22 @@ class PaymentViewAdmin(ReadOnlyAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[PaymentView], search_term: str
     ) -> tuple[QuerySet[PaymentView], bool]:
-        """A UUID looks up the primary key; anything else is an exact bank name.
+        """A UUID looks up the primary key; any term is also an exact merchant reference
+        (an order id may well be a UUID) and, if not a UUID, an exact bank name.
 
         Django's own ``=payment_id`` search compares the column cast to text (no index)
-        and ``icontains`` reads every row; these two are index lookups.
+        and ``icontains`` reads every row; these are index lookups (the reference's
+        index holds only rows that have one: the term is never empty here).
         """
         term = _unquote(search_term)
         if not term:
             return queryset, False
+        by_reference = Q(reference=term) & ~Q(reference="")  # the partial index's condition
         try:
             payment_id = UUID(term)
         except ValueError:
-            return queryset.filter(bank_name=term), False
-        return queryset.filter(payment_id=payment_id), False
+            return queryset.filter(Q(bank_name=term) | by_reference), False
+        return queryset.filter(Q(payment_id=payment_id) | by_reference), False
 
     @admin.display(description="payment", ordering="payment_id")
     def short_id(self, obj: PaymentView) -> SafeString:

@@ -89,6 +89,7 @@ def payment_from_row(row: PaymentView) -> Payment:
         status=PaymentStatus(row.status),
         amount=row.amount,
         currency=row.currency,
+        reference=row.reference,
         settled_amount=row.settled_amount,
         refunded_amount=row.refunded_amount,
         bank_name=row.bank_name or None,
@@ -107,6 +108,7 @@ def row_from_payment(
         status=payment.status.value,
         amount=payment.amount,
         currency=payment.currency,
+        reference=payment.reference,
         settled_amount=payment.settled_amount,
         refunded_amount=payment.refunded_amount,
         bank_name=payment.bank_name or "",
@@ -119,8 +121,8 @@ def row_from_payment(
 
 
 _PAYMENT_FIELDS = [
-    "status", "amount", "currency", "settled_amount", "refunded_amount", "bank_name",
-    "decline_code", "created_at", "updated_at", "version", "position",
+    "status", "amount", "currency", "reference", "settled_amount", "refunded_amount",
+    "bank_name", "decline_code", "created_at", "updated_at", "version", "position",
 ]
 
 
@@ -140,6 +142,7 @@ def _payment_values(payment: Payment, position: int, *, sqlite: bool) -> tuple[o
         payment.status.value,
         payment.amount,
         payment.currency,
+        payment.reference,
         payment.settled_amount,
         payment.refunded_amount,
         payment.bank_name or "",

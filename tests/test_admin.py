@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
 
 import pytest
+from django.contrib.admin import site as admin_site
 from django.contrib.admin.templatetags.admin_list import date_hierarchy as djangos_drilldown
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -207,6 +209,46 @@ def test_search_by_uuid_by_bank_and_by_anything_else(admin_client, rows) -> None
         response = admin_client.get(changelist, {"q": junk})
         assert response.status_code == 200, junk
         assert response.context["cl"].result_count == 0, junk
+
+
+def test_search_finds_a_merchant_reference_and_the_row_page_shows_it(admin_client,
+                                                                     rows) -> None:
+    changelist = url("paymentview", "changelist")
+    order = payment_row(reference="order 1234", bank_name="Bank 9")
+    uuid_like = str(uuid4())  # an order id may well be a UUID
+    by_uuid_reference = payment_row(reference=uuid_like)
+
+    for term, expected in (("order 1234", [order.payment_id]),
+                           ('"order 1234"', [order.payment_id]),
+                           (uuid_like, [by_uuid_reference.payment_id]),
+                           (str(order.payment_id), [order.payment_id]),
+                           ("Bank 9", [order.payment_id]),
+                           ("order", []), ("ORDER 1234", [])):  # exact, case-sensitive
+        response = admin_client.get(changelist, {"q": term})
+        assert response.status_code == 200, term
+        assert [r.payment_id for r in response.context["cl"].result_list] == expected, term
+    assert b"a merchant reference" in admin_client.get(changelist).content  # the help text
+
+    page = admin_client.get(url("paymentview", "change", order.payment_id)).content.decode()
+    assert re.search(r'<div class="readonly">order 1234</div>', page)
+    assert "Reference:" in page
+
+
+@pytest.mark.parametrize("term", ["order 1234", str(uuid4())])
+def test_the_reference_search_reads_its_index(term: str) -> None:
+    """Most payments have no reference: the index holds only those that have one, and the
+    search's own condition lets the database use it (a table of millions of rows)."""
+    queryset, _ = projections_admin.PaymentViewAdmin(PaymentView, admin_site).get_search_results(
+        None, PaymentView.objects.all(), term)
+    sql, params = queryset.query.sql_with_params()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_seqscan = off")  # a tiny table: ask what it can
+            cursor.execute(f"EXPLAIN {sql}", params)
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "paymentview_reference" in plan, plan
 
 
 def test_the_count_is_capped(admin_client, monkeypatch) -> None:

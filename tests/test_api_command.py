@@ -9,7 +9,7 @@ import sys
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -61,6 +61,33 @@ def test_decline_and_json_output() -> None:
     assert [e["type"] for e in found["events"]] == ["PaymentCreated", "PaymentDeclined"]
 
 
+def test_create_takes_a_reference_that_find_and_json_show() -> None:
+    payment_id = api("-a", "create", "-v", "10.00", "-r", "  order 1234 ").strip()
+    found = api("-a", "find", "-i", payment_id)
+    assert fields(found)["reference"] == "order 1234"  # trimmed, by the domain's rule
+    [created] = [line for line in found.splitlines() if line.startswith("event: 0 ")]
+    assert created.endswith("PaymentCreated amount=10.00, currency=EUR, reference=order 1234")
+    assert json.loads(api("-a", "find", "-i", payment_id, "--json"))["reference"] == \
+        "order 1234"
+    as_json = json.loads(api("-a", "create", "-v", "1", "--reference", "Caf\u00e9", "--json"))
+    assert as_json["reference"] == "Caf\u00e9"
+    assert find_payment(payment_id=UUID(as_json["id"])).payment.reference == "Caf\u00e9"
+    without = api("-a", "create", "-v", "1").strip()
+    assert fields(api("-a", "find", "-i", without))["reference"] == ""
+    assert fields(api("-a", "authorize", "-i", without, "-b", "B"))["reference"] == ""
+
+
+def test_a_retried_create_with_its_key_is_one_payment_and_the_reference_is_compared() -> None:
+    first = api("-a", "create", "-v", "5", "-r", "order 7", "--idempotency-key", "k-1").strip()
+    again = api("-a", "create", "-v", "5.00", "-r", " order 7", "--idempotency-key", "k-1")
+    assert again.strip() == first  # the same request, normalised: a replay
+    with pytest.raises(CommandError, match="already used for a different"):
+        api("-a", "create", "-v", "5", "-r", "order 8", "--idempotency-key", "k-1")
+    with pytest.raises(CommandError, match="already used for a different"):
+        api("-a", "create", "-v", "5", "--idempotency-key", "k-1")
+    assert len(find_payment(payment_id=UUID(first)).history) == 1
+
+
 BAD_INPUTS = [
     (["-a", "create"], "create needs -v/--value"),
     (["-a", "create", "-v", "abc"], "-v/--value: 'abc' is not a plain decimal"),
@@ -93,6 +120,15 @@ BAD_INPUTS = [
     (["-a", "decline", "-i", "{id}", "-b", "B", "-c", "\u00df"], "1 to 4 letters or digits"),
     (["-a", "settle", "-i", "{id}"], "cannot settle a payment that is pending"),
     (["-a", "refund", "-i", "{id}", "-v", "abc"], "'abc' is not a plain decimal"),
+    (["-a", "create", "-v", "1", "-r", "r" * 65], "^-r/--reference: must be at most 64"
+                                                  " characters$"),
+    (["-a", "create", "-v", "1", "-r", "order\x07 7"], "^-r/--reference: must be one line of"
+                                                       " text without control characters"
+                                                       r" \(found U\+0007\)$"),
+    (["-a", "create", "-v", "1", "--reference", "\u202eorder"], "-r/--reference: must not"
+                                                               " contain invisible format"),
+    (["-a", "authorize", "-i", "{id}", "-b", "B", "-r", "x"],
+     "authorize takes no -r/--reference: a payment's reference is given when it is created"),
 ]
 
 

@@ -25,8 +25,8 @@ from tests.amounts import BAD_AMOUNTS
 
 pytestmark = pytest.mark.django_db
 
-PAYMENT_FIELDS = {"id", "status", "amount", "currency", "settled_amount", "refunded_amount",
-                  "bank_name", "decline_code", "version"}
+PAYMENT_FIELDS = {"id", "status", "amount", "currency", "reference", "settled_amount",
+                  "refunded_amount", "bank_name", "decline_code", "version"}
 
 
 @pytest.fixture
@@ -102,6 +102,66 @@ def test_decline(client: APIClient) -> None:
     declined = command(client, pid, "decline", {"bank_name": "B", "decline_code": "n7"})
     assert declined.status_code == 200
     assert (declined.json()["status"], declined.json()["decline_code"]) == ("declined", "N7")
+
+
+# --- the merchant's reference (issue 12) --------------------------------------------------
+
+
+def test_create_takes_a_reference_that_every_answer_shows(client: APIClient) -> None:
+    created = create(client, "10.00", reference="  order 1234  ")
+    assert created["reference"] == "order 1234"  # trimmed by the domain
+    detail = client.get(f"/api/payments/{created['id']}/").json()
+    assert detail["reference"] == "order 1234"
+    assert detail["events"][0]["data"]["reference"] == "order 1234"
+    authorized = command(client, created["id"], "authorize", {"bank_name": "B"}).json()
+    assert authorized["reference"] == "order 1234"
+    for body in ({"amount": "1"}, {"amount": "1", "reference": None},
+                 {"amount": "1", "reference": "   "}):
+        assert create(client, **body)["reference"] == "", body
+
+
+@pytest.mark.parametrize(("reference", "message"), [
+    ("r" * 65, "must be at most 64 characters"),
+    ("order\n42", "must be one line of text without control characters (found U+000A)"),
+    ("order\u0007", "must be one line of text without control characters (found U+0007)"),
+    ("\u202eorder", "must not contain invisible format characters such as direction"
+                    " overrides (found U+202E)"),
+    ("Ac\ud800me", "is not valid Unicode text: it holds a lone surrogate (U+D800)"),
+    (1234, "must be a string"),
+    (["order"], "must be a string"),
+])
+def test_a_reference_the_rule_forbids_is_a_400_and_nothing_is_written(
+    client: APIClient, reference: Any, message: str
+) -> None:
+    response = client.post("/api/payments/", json.dumps({"amount": "1", "reference": reference}),
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"reference": [message]}
+    assert get_event_store().head_position() == 0
+
+
+def test_a_reference_of_64_characters_counts_characters_after_normalisation(
+    client: APIClient,
+) -> None:
+    decomposed = "Cafe\u0301" * 16  # 80 code points as sent, 64 characters once NFC
+    assert create(client, reference=decomposed)["reference"] == "Caf\u00e9" * 16
+    assert create(client, reference="\U0001f600" * 64)["reference"] == "\U0001f600" * 64
+
+
+def test_the_reference_is_part_of_what_a_retried_create_compares(client: APIClient) -> None:
+    def post(body: dict[str, Any]) -> Any:
+        return client.post("/api/payments/", body, format="json",
+                           headers={"Idempotency-Key": "order-7"})
+
+    first = post({"amount": "5.00", "reference": "order 7"})
+    assert first.status_code == 201
+    assert post({"amount": "5.00", "reference": "order 8"}).status_code == 422
+    IdempotencyRecord.objects.all().delete()  # the service's own check, without the record
+    assert post({"amount": "5.00", "reference": "order 8"}).status_code == 422
+    assert post({"amount": "5.00"}).status_code == 422
+    again = post({"amount": "5.00", "reference": " order 7 "})  # the same, once normalised
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert stream_length(first.json()["id"]) == 1
 
 
 # --- 400: bad input, with the domain's messages ------------------------------------------
@@ -461,6 +521,14 @@ def test_schema_and_docs(client: APIClient) -> None:
     assert schema.status_code == 200
     spec = schema.json()
     assert spec["openapi"].startswith("3.")
+    schemas = spec["components"]["schemas"]
+    reference = schemas["CreatePaymentRequest"]["properties"]["reference"]
+    assert (reference["type"], reference["maxLength"], reference.get("nullable")) == \
+        ("string", 64, True)
+    assert "reference" not in schemas["CreatePaymentRequest"]["required"]
+    for shown in ("Payment", "PaymentDetail", "PaymentListItem"):  # always there, "" for none
+        assert schemas[shown]["properties"]["reference"]["type"] == "string", shown
+        assert "reference" in schemas[shown]["required"], shown
     settle = spec["paths"]["/api/payments/{payment_id}/settle/"]["post"]
     assert {"200", "400", "404", "409", "422", "503"} <= set(settle["responses"])
     assert "Idempotency-Key" in [p["name"] for p in settle["parameters"]]
@@ -481,18 +549,21 @@ def test_lists_filter_and_paginate(client: APIClient) -> None:
         command(client, pid, "authorize", {"bank_name": "Acme"})
     command(client, ids[3], "decline", {"bank_name": "Acme", "decline_code": "05"})
     command(client, ids[4], "decline", {"bank_name": "Zeta", "decline_code": "51"})
+    referenced = create(client, "6.00", reference="order 6")["id"]
     call_command("run_projection", "all", "--once")
 
     everything = client.get("/api/payments/").json()
-    assert everything["count"] == 5
+    assert everything["count"] == 6
     assert set(everything["results"][0]) == PAYMENT_FIELDS | {"created_at", "updated_at"}
+    assert {row["id"]: row["reference"] for row in everything["results"]} == \
+        {**dict.fromkeys(ids, ""), referenced: "order 6"}
     updated = [row["updated_at"] for row in everything["results"]]
     assert updated == sorted(updated, reverse=True)
 
     authorized = client.get("/api/payments/", {"status": "authorized"}).json()
     assert {row["id"] for row in authorized["results"]} == set(ids[:3])
     assert client.get("/api/payments/", {"bank_name": "Zeta"}).json()["count"] == 1
-    assert client.get("/api/payments/", {"currency": "eur"}).json()["count"] == 5
+    assert client.get("/api/payments/", {"currency": "eur"}).json()["count"] == 6
     assert client.get("/api/payments/", {"status": "lost"}).status_code == 400
     assert client.get("/api/payments/", {"currency": "E"}).status_code == 400
 

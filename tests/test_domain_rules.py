@@ -40,6 +40,7 @@ from payments.domain import (
     parse_bank_name,
     parse_currency,
     parse_decline_code,
+    parse_reference,
 )
 from payments.events import (
     PaymentAuthorized,
@@ -435,6 +436,57 @@ def test_a_bank_name_is_refused_with_its_field_and_the_whole_reason(raw, message
 def test_a_bank_name_is_counted_after_trimming_and_may_have_100_characters() -> None:
     assert parse_bank_name("x" * 100) == "x" * 100
     assert parse_bank_name(" " * 999 + "a") == "a"  # 1,000 characters: scanned, trimmed
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (None, "must be text"),
+        (42, "must be text"),
+        ("r" * 65, "must be at most 64 characters"),
+        ("order\t42", "must be one line of text without control characters (found U+0009)"),
+        ("\t", "must be one line of text without control characters (found U+0009)"),
+        ("order\x0042", "must not contain NUL (U+0000)"),
+        ("order\u2028", "must be one line of text without control characters (found U+2028)"),
+        ("\u202eorder", "must not contain invisible format characters such as direction"
+                        " overrides (found U+202E)"),
+        ("order\udcff", "is not valid UTF-8 text (it holds the byte 0xFF)"),
+        (" " * 641, "must be at most 64 characters"),
+    ],
+    ids=["None", "int", "65 characters", "tab", "a tab alone", "NUL", "line separator",
+         "bidi override", "not UTF-8", "641 spaces"],
+)
+def test_a_reference_is_refused_with_its_field_and_the_whole_reason(raw, message) -> None:
+    """The text rule, as for every free-text field: even a control character alone is
+    refused rather than taken for "no reference"."""
+    assert refusal(parse_reference, raw) == ("reference", message)
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [
+    ("", ""), ("   ", ""), ("\u3000\u00a0", ""),  # nothing but spaces is no reference
+    ("  order 1234 ", "order 1234"), ("r" * 64, "r" * 64), (" " * 100 + "r" * 64, "r" * 64),
+    ("Cafe\u0301" * 16, "Caf\u00e9" * 16),  # 80 code points sent, 64 characters after NFC
+])
+def test_a_reference_is_optional_trimmed_normalised_and_counted_in_characters(
+    raw: str, parsed: str
+) -> None:
+    assert parse_reference(raw) == parsed
+
+
+def test_create_decides_the_reference_and_the_state_keeps_it() -> None:
+    payment_id = uuid4()
+    created = create_payment(payment_id=payment_id, amount="1.00", currency="EUR",
+                             reference=" order 7 ", occurred_at=T0)
+    assert created.reference == "order 7"
+    assert create_payment(payment_id=payment_id, amount="1.00", currency="EUR",
+                          occurred_at=T0).reference == ""
+    with pytest.raises(InvalidInput, match=r"^reference: must be at most 64 characters$"):
+        create_payment(payment_id=payment_id, amount="1.00", currency="EUR",
+                       reference="r" * 65, occurred_at=T0)
+    pending = apply(None, created, 0)
+    assert pending.reference == "order 7"
+    authorized = apply(pending, pending.authorize(bank_name="B", occurred_at=T1), 1)
+    assert authorized.reference == "order 7"  # only PaymentCreated sets it
 
 
 def test_each_refusal_carries_the_status_and_action_it_is_about() -> None:

@@ -47,7 +47,7 @@ AT = datetime(2026, 11, 29, 13, 5, 0, 123456, tzinfo=UTC)
 
 def test_the_five_event_types_and_their_fields_are_the_contract() -> None:
     assert {name: [f.name for f in fields(cls)] for name, cls in EVENT_TYPES.items()} == {
-        "PaymentCreated": ["payment_id", "occurred_at", "amount", "currency"],
+        "PaymentCreated": ["payment_id", "occurred_at", "amount", "currency", "reference"],
         "PaymentAuthorized": ["payment_id", "occurred_at", "bank_name", "authorization_id"],
         "PaymentSettled": ["payment_id", "occurred_at", "bank_name", "amount", "settlement_id"],
         "PaymentRefunded": ["payment_id", "occurred_at", "amount", "refund_id"],
@@ -66,7 +66,24 @@ def test_json_shape_of_a_created_payment() -> None:
         "occurred_at": "2026-11-29T13:05:00.123456Z",
         "amount": "100.00",
         "currency": "EUR",
+        "reference": "",
     }
+
+
+def test_the_bytes_of_a_version_2_created_payment_with_a_reference() -> None:
+    """Pinned: other programs parse these bytes. Non-ASCII text is escaped (our writes
+    stay ASCII), and the reference is the last key."""
+    event = PaymentCreated(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("100.00"),
+                           currency="EUR", reference='Bestellung "Mai" Nr. 4 \u2013 K\u00f6ln')
+    data = encode_data(event)
+    assert data == (
+        b'{"payment_id":"0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11",'
+        b'"occurred_at":"2026-11-29T13:05:00.123456Z","amount":"100.00","currency":"EUR",'
+        b'"reference":"Bestellung \\"Mai\\" Nr. 4 \\u2013 K\\u00f6ln"}'
+    )
+    metadata = encode_metadata(correlation_id=REF_ID, causation_id=REF_ID)
+    assert metadata.endswith(b'"schemaVersion":2}')
+    assert decode_event("PaymentCreated", data, metadata) == event
 
 
 def test_timestamps_are_written_in_utc() -> None:
@@ -93,7 +110,7 @@ def test_metadata_follows_eventstoredb_conventions() -> None:
     assert metadata == {
         "$correlationId": str(correlation),
         "$causationId": str(causation),
-        "schemaVersion": 1,
+        "schemaVersion": 2,
     }
 
 
@@ -134,9 +151,10 @@ texts = st.text(
     alphabet=st.characters(exclude_categories=("Cc", "Cf", "Cs", "Zl", "Zp")),
     min_size=1, max_size=100,
 ).map(lambda t: unicodedata.normalize("NFC", t))
+references = st.one_of(st.just(""), texts.map(lambda t: t.strip()[:64]))
 events = st.one_of(
     st.builds(PaymentCreated, payment_id=st.uuids(), occurred_at=moments, amount=money,
-              currency=st.sampled_from(["EUR", "USD", "GBP"])),
+              currency=st.sampled_from(["EUR", "USD", "GBP"]), reference=references),
     st.builds(PaymentAuthorized, payment_id=st.uuids(), occurred_at=moments, bank_name=texts,
               authorization_id=st.uuids()),
     st.builds(PaymentSettled, payment_id=st.uuids(), occurred_at=moments, bank_name=texts,
@@ -193,7 +211,8 @@ def test_invalid_utf8_in_stored_data_is_repaired_too() -> None:
     assert decode_event("PaymentAuthorized", raw).bank_name == "Bank\ufffd"
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, True, 1.0])
+# 2.0 and "2" equal the current version but are not an int: refused, not read as 2.
+@pytest.mark.parametrize("version", [0, 3, "1", "2", None, True, 1.0, 2.0])
 def test_a_schema_version_this_code_does_not_know_is_refused_by_name(version) -> None:
     event = PaymentRefunded(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("1.00"),
                             refund_id=REF_ID)
@@ -233,10 +252,14 @@ CREATED = ('{"payment_id":"0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11",'
      "bad PaymentCreated data: ValueError(\"'2026-11-29T13:05:00' has no time zone\")"),
     ("PaymentCreated", b'{"payment_id":"0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11"}', b"",
      "bad PaymentCreated data: KeyError('occurred_at')"),
-    ("PaymentRefunded", b"{}", b'{"schemaVersion": 2}',
-     "PaymentRefunded schema version 2 is not supported (this code reads versions 1 to 1)"),
+    ("PaymentCreated", (CREATED % '"1.00"').encode(), b'{"schemaVersion":2}',
+     "bad PaymentCreated data: KeyError('reference')"),  # version 2 has it, even empty
+    ("PaymentRefunded", b"{}", b'{"schemaVersion": 3}',
+     "PaymentRefunded schema version 3 is not supported (this code reads versions 1 to 2)"),
+    ("PaymentCreated", b"{}", b'{"$correlationId":"c","$causationId":"c","schemaVersion":3}',
+     "PaymentCreated schema version 3 is not supported (this code reads versions 1 to 2)"),
     ("PaymentRefunded", b"{}", b'{"schemaVersion": "1"}',
-     "PaymentRefunded schema version '1' is not supported (this code reads versions 1 to 1)"),
+     "PaymentRefunded schema version '1' is not supported (this code reads versions 1 to 2)"),
 ])
 def test_undecodable_data_is_refused_with_a_reason_that_says_what_is_wrong(
     type_name: str, data: bytes, metadata: bytes, reason: str
@@ -276,8 +299,12 @@ def test_a_recorded_event_decodes_to_its_event_and_its_document() -> None:
 
 
 def test_a_document_stored_without_metadata_is_at_version_one() -> None:
+    """Not at the current version: a writer that names no version knows the first
+    contract, and the meaning of its events must not change with every bump."""
     data = (CREATED % '"5.00"').encode()
-    assert decode_document("PaymentCreated", data) == json.loads(data)
+    assert decode_document("PaymentCreated", data) == {**json.loads(data), "reference": ""}
+    assert decode_document("PaymentCreated", data, b'{"$correlationId":"c"}') == \
+        {**json.loads(data), "reference": ""}
 
 
 @pytest.mark.parametrize("stream", ["payments", "payment-0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11"])
@@ -349,6 +376,8 @@ def schema_at_version_3(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(contract, "SCHEMA_VERSION", 3)
     # How decoding spots our own current metadata; the module derives it at import.
     monkeypatch.setattr(contract, "_CURRENT_VERSION_SUFFIX", b'"schemaVersion":3}')
+    monkeypatch.setattr(contract, "_OLDER_VERSION_SUFFIXES",
+                        ((b'"schemaVersion":1}', 1), (b'"schemaVersion":2}', 2)))
 
     def step(name: str) -> Callable[[dict], dict]:
         return lambda document: {**document, "steps": [*document.get("steps", []), name]}
@@ -386,3 +415,78 @@ def test_a_version_outside_one_to_current_is_refused_by_upcast(version: int) -> 
         upcast("PaymentCreated", version, {})
     assert str(raised.value) == (f"PaymentCreated schema version {version} is not supported"
                                  " (this code reads versions 1 to 3)")
+
+
+# --- upcasting: the real chain of this code --------------------------------------------
+
+V1_METADATA = OLD_METADATA % 1
+
+
+def test_a_version_1_created_payment_upcasts_to_no_reference() -> None:
+    """As version-1 code wrote it: no reference key, ``"schemaVersion":1``."""
+    data = b'{"payment_id":"0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11",' \
+           b'"occurred_at":"2026-11-29T13:05:00.123456Z","amount":"100.00","currency":"EUR"}'
+    assert decode_document("PaymentCreated", data, V1_METADATA) == {
+        **json.loads(data), "reference": ""}
+    assert decode_event("PaymentCreated", data, V1_METADATA) == PaymentCreated(
+        payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("100.00"), currency="EUR",
+        reference="")
+
+
+@pytest.mark.parametrize("metadata", [
+    V1_METADATA,  # as our version-1 code wrote it: recognised without parsing
+    b'{"schemaVersion": 1}', b'{"schemaVersion":1,"$correlationId":"c"}',
+    b'{"$correlationId":"c"}', b"",  # no version: version 1
+])
+def test_version_1_is_read_from_every_spelling_of_its_metadata(metadata: bytes) -> None:
+    data = (CREATED % '"5.00"').encode()
+    assert decode_document("PaymentCreated", data, metadata)["reference"] == ""
+    spelled_as_2 = metadata.replace(b"1}", b"2}").replace(b"1,", b"2,")
+    if spelled_as_2 != metadata:  # the same spellings of version 2 keep their reference
+        with_reference = data[:-1] + b',"reference":"r"}'
+        assert decode_document("PaymentCreated", with_reference, spelled_as_2)["reference"] \
+            == "r"
+
+
+def test_a_key_named_reference_in_a_version_1_document_is_not_a_reference() -> None:
+    """Version 1 had no reference: another writer's extra key of that name meant
+    something else, whatever it holds."""
+    for stray in ('"order 7"', "42", "null"):
+        data = (CREATED % '"5.00"')[:-1].encode() + b',"reference":' + stray.encode() + b"}"
+        assert decode_event("PaymentCreated", data, V1_METADATA).reference == ""
+
+
+def test_only_created_payments_change_between_versions_1_and_2() -> None:
+    assert {key for key in contract.UPCASTERS if key[1] == 1} == {("PaymentCreated", 1)}
+    event = PaymentSettled(payment_id=PAYMENT_ID, occurred_at=AT, bank_name="B",
+                           amount=Decimal("1.00"), settlement_id=REF_ID)
+    assert decode_document("PaymentSettled", encode_data(event), V1_METADATA) == \
+        json.loads(encode_data(event))
+
+
+@pytest.mark.parametrize("reference", ["", "order 1234", "x" * 64, "Caf\u00e9 \U0001f600"])
+def test_a_version_2_created_payment_round_trips_with_its_reference(reference: str) -> None:
+    event = PaymentCreated(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("9.99"),
+                           currency="USD", reference=reference)
+    record = RecordedEvent(id=uuid4(), stream=stream_name(PAYMENT_ID), type="PaymentCreated",
+                           data=encode_data(event),
+                           metadata=encode_metadata(correlation_id=REF_ID, causation_id=REF_ID),
+                           version=0, position=1)
+    document, decoded = read_recorded(record)
+    assert decoded == event
+    assert document["reference"] == reference
+    # The upcaster is for version 1 only: a version-2 reference is never overwritten.
+    assert decode_event("PaymentCreated", encode_data(event), OLD_METADATA % 2) == event
+
+
+def test_a_future_version_is_refused_with_a_message_naming_what_this_code_reads() -> None:
+    event = PaymentCreated(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("1.00"),
+                           currency="EUR", reference="r")
+    record = RecordedEvent(id=uuid4(), stream=stream_name(PAYMENT_ID), type="PaymentCreated",
+                           data=encode_data(event), metadata=OLD_METADATA % 3, version=0,
+                           position=5)
+    with pytest.raises(UnreadableEvent) as raised:
+        read_recorded(record)
+    assert str(raised.value).endswith(
+        "cannot be read: PaymentCreated schema version 3 is not supported (this code reads"
+        " versions 1 to 2)")

@@ -445,6 +445,57 @@ def test_the_forms_refuse_text_the_rule_forbids_and_append_nothing(
     assert services.find_payment(payment_id=payment_id).payment.version == 0
 
 
+# --- the merchant's reference (issue 12) ------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the projection runners work in threads
+def test_the_new_payment_form_takes_a_reference_that_the_pages_show(browser: Client) -> None:
+    form = page_of(browser.get("/payments/new/"))
+    assert re.search(r'<input type="text" name="reference"[^>]*id="id_reference"', form)
+    response = browser.post("/payments/new/", {"amount": "10.00", "currency": "EUR",
+                                               "reference": "  Order <b>42</b> \u2013 Caf\u00e9 "})
+    assert response.status_code == 302
+    payment_id = UUID(response["Location"].strip("/").split("/")[-1])
+    reference = "Order <b>42</b> \u2013 Caf\u00e9"  # trimmed
+    assert services.find_payment(payment_id=payment_id).payment.reference == reference
+    html = page_of(browser.get(f"/payments/{payment_id}/"))
+    escaped = "Order &lt;b&gt;42&lt;/b&gt; \u2013 Caf\u00e9"
+    assert f'<dd id="payment-reference">{escaped}</dd>' in html
+    without = create(browser)
+    assert '<dd id="payment-reference">\u2014</dd>' in page_of(browser.get(f"/payments/{without}/"))
+
+    call_command("run_projection", "all", "--once")
+    for path in ("/payments/", "/"):  # in the id's title: the list stays one line a row
+        html = page_of(browser.get(path))
+        assert f'title="Reference: {escaped}"' in html, path
+        assert "<b>42" not in html
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("r" * 65, "must be at most 64 characters"),
+    ("order\t42", "must be one line of text without control characters (found U+0009)"),
+    ("order\x0042", "must not contain NUL (U+0000)"),
+    ("\u202eorder", "must not contain invisible format characters"),
+])
+def test_the_new_payment_form_refuses_a_reference_the_rule_forbids_and_appends_nothing(
+        browser: Client, value: str, message: str) -> None:
+    response = browser.post("/payments/new/", {"amount": "10.00", "currency": "EUR",
+                                               "reference": value})
+    assert response.status_code == 400
+    errors = re.search(r'id="id_reference_error">(.*?)</ul>', page_of(response)).group(1)
+    assert message in errors
+    assert get_event_store().head_position() == 0
+
+
+def test_a_reference_of_64_characters_or_only_spaces_is_accepted(browser: Client) -> None:
+    for value, stored in (("r" * 64, "r" * 64), ("   ", ""), ("", "")):
+        response = browser.post("/payments/new/", {"amount": "1", "currency": "EUR",
+                                                   "reference": value})
+        assert response.status_code == 302, page_of(response)
+        payment_id = UUID(response["Location"].strip("/").split("/")[-1])
+        assert services.find_payment(payment_id=payment_id).payment.reference == stored
+
+
 AMOUNT_FORMS = {"create": "id_amount_error", "settle": "settle-amount_error",
                 "refund": "refund-amount_error"}
 

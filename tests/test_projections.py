@@ -63,9 +63,10 @@ class History:
         return fold(self.events[payment_id])
 
 
-def lifecycle(history: History, *steps: str, amount: str = "100.00") -> UUID:
+def lifecycle(history: History, *steps: str, amount: str = "100.00", reference: str = "") -> UUID:
     """Record a payment's events: ``"authorize Acme"``, ``"settle 40.00"``, ``"decline 05"``."""
-    created = create_payment(payment_id=uuid4(), amount=amount, currency="EUR", occurred_at=T0)
+    created = create_payment(payment_id=uuid4(), amount=amount, currency="EUR",
+                             reference=reference, occurred_at=T0)
     history.record(created)
     payment = apply(None, created, 0)
     for n, step in enumerate(steps, start=1):
@@ -143,7 +144,8 @@ def three_payments(history: History) -> list[UUID]:
     empty and set."""
     return [lifecycle(history),
             lifecycle(history, "authorize Acme", "decline N7"),
-            lifecycle(history, "authorize Acme", "settle 30.00", "refund 5.00")]
+            lifecycle(history, "authorize Acme", "settle 30.00", "refund 5.00",
+                      reference="order 3")]
 
 
 def test_each_row_reads_back_as_the_payment_its_events_fold_to() -> None:
@@ -153,6 +155,18 @@ def test_each_row_reads_back_as_the_payment_its_events_fold_to() -> None:
     for payment_id in payment_ids:
         row = PaymentView.objects.get(payment_id=payment_id)
         assert payment_from_row(row) == history.state(payment_id)
+
+
+def test_the_reference_is_set_at_create_and_kept_through_every_later_batch() -> None:
+    history = History()
+    payment_id = lifecycle(history, "authorize Acme", "settle 30.00", "refund 5.00",
+                           reference="Caf\u00e9 \U0001f600 " + "r" * 57)
+    projection = PaymentProjection()
+    for item in history.items:  # an insert, then an update per event: each keeps it
+        projection.apply([item])
+        row = PaymentView.objects.get(payment_id=payment_id)
+        assert row.reference == "Caf\u00e9 \U0001f600 " + "r" * 57
+        assert len(row.reference) == 64
 
 
 def test_the_upserts_times_are_found_by_the_orms_time_lookups() -> None:
@@ -231,8 +245,10 @@ def test_other_databases_take_the_orms_path_to_the_same_rows(monkeypatch) -> Non
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
-    payments=st.lists(st.tuples(amounts, st.lists(commands, max_size=8)), min_size=1,
-                      max_size=6),
+    payments=st.lists(st.tuples(amounts, st.lists(commands, max_size=8),
+                                st.sampled_from(["", "order 1", "Caf\u00e9 \U0001f600",
+                                                 "r" * 64])),
+                      min_size=1, max_size=6),
     cuts=st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=20),
 )
 def test_projected_read_models_equal_the_fold_and_a_count(payments, cuts) -> None:
@@ -242,12 +258,13 @@ def test_projected_read_models_equal_the_fold_and_a_count(payments, cuts) -> Non
     at = T0
     # Interleave the payments' events, as concurrent payments would.
     states: list[Payment] = []
-    for amount, _ in payments:
-        event = create_payment(payment_id=uuid4(), amount=amount, currency="EUR", occurred_at=at)
+    for amount, _, reference in payments:
+        event = create_payment(payment_id=uuid4(), amount=amount, currency="EUR",
+                               reference=reference, occurred_at=at)
         history.record(event)
         states.append(apply(None, event, 0))
-    for step in range(max(len(c) for _, c in payments)):
-        for i, (_, sequence) in enumerate(payments):
+    for step in range(max(len(c) for _, c, _ in payments)):
+        for i, (_, sequence, _) in enumerate(payments):
             if step >= len(sequence):
                 continue
             at += timedelta(hours=7)  # dates change now and then

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 import pytest
 
@@ -63,7 +63,7 @@ def test_events_carry_correlation_and_causation() -> None:
     metadata = json.loads(record.metadata)
     assert metadata["$correlationId"] == str(correlation)
     assert metadata["$causationId"] != str(correlation)
-    assert metadata["schemaVersion"] == 1
+    assert metadata["schemaVersion"] == 2
 
 
 def test_a_refused_command_appends_nothing() -> None:
@@ -284,6 +284,40 @@ def test_one_key_on_two_payments_is_two_commands() -> None:
         _created, authorization = get_event_store().read_stream(stream_name(payment.id))
         event_ids.append(authorization.id)
     assert event_ids[0] != event_ids[1]
+
+
+def test_a_reference_is_part_of_the_request_a_key_stands_for() -> None:
+    first = services.create_payment(amount="10.00", reference=" order 7", idempotency_key="c")
+    assert first.reference == "order 7"
+    again = services.create_payment(amount="10", reference="order 7 ", idempotency_key="c")
+    assert again == first  # normalised, the same request: a replay
+    for other in ("order 8", ""):
+        with pytest.raises(services.IdempotencyKeyReused, match=f"^{KEY_REUSED}$"):
+            services.create_payment(amount="10.00", reference=other, idempotency_key="c")
+    assert len(get_event_store().read_stream(stream_name(first.id))) == 1
+
+
+def test_a_create_keyed_by_version_1_code_is_still_replayed_after_the_upgrade() -> None:
+    """Version 1's create fingerprint had no reference. A create without one still has
+    that fingerprint, so a client retrying across the upgrade gets its payment back."""
+    namespace = services._IDEMPOTENCY_NAMESPACE
+    key = "before-the-upgrade"
+    payment_id = uuid5(namespace, key)
+    fingerprint = json.dumps({"amount": "10.00", "currency": "EUR"}, sort_keys=True)
+    causation = uuid5(namespace, f"{payment_id}/{key}/create/{fingerprint}")
+    data = (f'{{"payment_id":"{payment_id}","occurred_at":"2026-09-01T08:00:00.000000Z",'
+            f'"amount":"10.00","currency":"EUR"}}')
+    metadata = (f'{{"$correlationId":"{causation}","$causationId":"{causation}",'
+                f'"schemaVersion":1}}')
+    get_event_store().append(stream_name(payment_id), [NewEvent(
+        type="PaymentCreated", data=data.encode(), metadata=metadata.encode(),
+        id=uuid5(namespace, f"{payment_id}/{key}"))], StreamState.NO_STREAM)
+
+    replayed = services.create_payment(amount="10.00", currency="EUR", idempotency_key=key)
+    assert (replayed.id, replayed.reference, replayed.version) == (payment_id, "", 0)
+    with pytest.raises(services.IdempotencyKeyReused):
+        services.create_payment(amount="10.00", reference="r", idempotency_key=key)
+    assert len(get_event_store().read_stream(stream_name(payment_id))) == 1
 
 
 def test_a_bank_named_none_is_not_the_absence_of_a_bank() -> None:

@@ -34,6 +34,7 @@ from payments.api.serializers import (
     ErrorSerializer,
     ExistingPaymentCommandSerializer,
     PaymentSerializer,
+    ReferenceField,
 )
 from payments.domain import Payment
 
@@ -98,6 +99,14 @@ class CreatePaymentSerializer(CommandSerializer):
     amount = AmountField()
     currency = CurrencyField(required=False, allow_null=True,
                              help_text="ISO 4217; the server's default currency if absent")
+    reference = ReferenceField(required=False, allow_null=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """``null`` means absent (the input policy): no reference, which the service's
+        default says."""
+        if attrs.get("reference", "") is None:
+            del attrs["reference"]
+        return attrs
 
 
 class AuthorizePaymentSerializer(ExistingPaymentCommandSerializer):

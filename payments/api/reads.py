@@ -91,6 +91,8 @@ class PaymentListItemSerializer(serializers.ModelSerializer):
 
     id = serializers.UUIDField(source="payment_id")
     amount = serializers.DecimalField(**MONEY)
+    reference = serializers.CharField(
+        allow_blank=True, help_text="the merchant's reference given at create; \"\" for none")
     settled_amount = serializers.DecimalField(**MONEY)
     refunded_amount = serializers.DecimalField(**MONEY)
     bank_name = BlankAsNullCharField()
@@ -98,8 +100,9 @@ class PaymentListItemSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = PaymentView
-        fields = ["id", "status", "amount", "currency", "settled_amount", "refunded_amount",
-                  "bank_name", "decline_code", "version", "created_at", "updated_at"]
+        fields = ["id", "status", "amount", "currency", "reference", "settled_amount",
+                  "refunded_amount", "bank_name", "decline_code", "version", "created_at",
+                  "updated_at"]
 
 
 class DeclineSerializer(serializers.ModelSerializer):

@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from payments.domain import (
     MAX_BANK_NAME_LENGTH,
+    MAX_REFERENCE_LENGTH,
     InvalidInput,
     Payment,
     PaymentStatus,
@@ -24,6 +25,7 @@ from payments.domain import (
     parse_bank_name,
     parse_currency,
     parse_decline_code,
+    parse_reference,
 )
 from payments.history import API_PAGE_SIZE
 from payments.services import AsOf, HistoryEntry, PaymentWithHistory
@@ -96,6 +98,19 @@ class BankNameField(DomainField):
         super().__init__(parse_bank_name, **kwargs)
 
 
+@extend_schema_field(
+    {"type": "string", "maxLength": MAX_REFERENCE_LENGTH, "example": "order 1234",
+     "description": f"the merchant's own reference, at most {MAX_REFERENCE_LENGTH}"
+                    " characters of one line of text (no control or format characters);"
+                    " trimmed; empty or absent: none"}
+)
+class ReferenceField(DomainField):
+    """The merchant's optional reference; the domain applies the text rule and trims it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(parse_reference, **kwargs)
+
+
 @extend_schema_field({"type": "string", "pattern": "^[A-Za-z0-9]{1,4}$", "example": "05"})
 class DeclineCodeField(DomainField):
     """A card network decline code, kept as a string so ``05`` stays ``05``."""
@@ -146,6 +161,7 @@ def payment_json(payment: Payment) -> dict[str, Any]:
         "status": payment.status.value,
         "amount": f"{payment.amount:.2f}",
         "currency": payment.currency,
+        "reference": payment.reference,
         "settled_amount": f"{payment.settled_amount:.2f}",
         "refunded_amount": f"{payment.refunded_amount:.2f}",
         "bank_name": payment.bank_name,
@@ -220,6 +236,8 @@ class PaymentSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=[s.value for s in PaymentStatus])
     amount = serializers.DecimalField(**MONEY)
     currency = serializers.CharField()
+    reference = serializers.CharField(
+        allow_blank=True, help_text="the merchant's reference given at create; \"\" for none")
     settled_amount = serializers.DecimalField(**MONEY)
     refunded_amount = serializers.DecimalField(**MONEY)
     bank_name = serializers.CharField(allow_null=True)

@@ -51,7 +51,7 @@ def _service_log_quiet(quiet: bool) -> Iterator[None]:
 class Command(BaseCommand):
     help = (
         "Issue a payment command, as the original api.py did. "
-        "Examples: api -a create -v 100.00; api -a authorize -i ID -b 'Bank'; "
+        "Examples: api -a create -v 100.00 [-r 'order 1234']; api -a authorize -i ID -b 'Bank'; "
         "api -a settle -i ID [-v 40.00]; api -a refund -i ID [-v 10.00]; "
         "api -a decline -i ID -b 'Bank' -c 05; api -a find -i ID [--as-of VERSION_OR_TIME]"
     )
@@ -76,6 +76,9 @@ class Command(BaseCommand):
         parser.add_argument("-b", "--bank-name", help="bank name (authorize, decline, settle)")
         parser.add_argument("-c", "--decline-code", help="decline code, e.g. 05 (decline)")
         parser.add_argument("--currency", help="ISO 4217 code for create (default from settings)")
+        parser.add_argument("-r", "--reference",
+                            help="the merchant's own reference for create, e.g. an order"
+                                 " number (optional, at most 64 characters)")
         parser.add_argument("--idempotency-key", help="makes a retried command append nothing")
         parser.add_argument(
             "--as-of", metavar="VERSION_OR_TIME",
@@ -114,7 +117,7 @@ class Command(BaseCommand):
                                    " for it (use --idempotency-key to make a retry safe)")
             payment = services.create_payment(
                 amount=_required(options, "value", action), currency=options["currency"],
-                idempotency_key=key,
+                reference=options["reference"] or "", idempotency_key=key,
             )
             if options["json"]:
                 self._print_json(payment_json(payment))
@@ -123,6 +126,10 @@ class Command(BaseCommand):
             return
         if options["as_of"] is not None and action != "find":
             raise CommandError(f"--as-of goes with -a find only, not with {action}")
+        if options["reference"] is not None:
+            # Only a create sets it: taking it here silently would look like a change.
+            raise CommandError(f"{action} takes no -r/--reference: a payment's reference is"
+                               " given when it is created")
         payment_id = _payment_id(options["id"], action)
         if action == "find":
             found = services.find_payment_as_of(payment_id=payment_id,
@@ -178,7 +185,7 @@ class Command(BaseCommand):
 _FLAGS = {"value": "-v/--value", "bank_name": "-b/--bank-name",
           "decline_code": "-c/--decline-code", "id": "-i/--id", "amount": "-v/--value",
           "currency": "--currency", "idempotency_key": "--idempotency-key",
-          "as_of_version": "--as-of", "as_of": "--as-of"}
+          "as_of_version": "--as-of", "as_of": "--as-of", "reference": "-r/--reference"}
 _WHOLE_NUMBER = re.compile(r"\s*-?[0-9]+\s*", re.ASCII)
 
 
