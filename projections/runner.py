@@ -187,6 +187,7 @@ class ProjectionRunner:
         self.progress = Progress()
         self._lock: Lock | None = None
         self.rebuilding = False  # a failure now is the rebuild's, not the live model's
+        self.swapped = False  # a rebuild of this runner's swapped its tables in
         self._backoff = FIRST_BACKOFF  # the next wait after a store outage
 
     @property
@@ -282,6 +283,7 @@ class ProjectionRunner:
                                self.name, self.progress.position)
                 return False
             self._swap(shadow)
+            self.swapped = True
         logger.info("projection %s: rebuilt; the new read model is live, at position %d",
                     self.name, checkpoint_position(self.name))
         return True

@@ -67,6 +67,8 @@ def test_a_rebuild_makes_what_a_reset_makes_with_the_migrated_schema_twice_over(
     for _ in range(2):  # a second rebuild: the first one's names must be free again
         out = StringIO()
         call_command("run_projection", "all", "--once", "--rebuild", stdout=out)
+        assert "payment: applied 36 events, checkpoint at 36 (rebuilt beside the live read" \
+               " model and swapped in)" in out.getvalue()
         assert snapshot() == expected
         assert schema() == migrated
         assert not Rebuild.objects.exists()
@@ -387,11 +389,13 @@ def test_a_rebuild_killed_half_way_leaves_the_live_tables_unchanged(
             pass
     finally:
         rebuild.send_signal(stop_signal)
-        _, err = rebuild.communicate(timeout=30)
+        out, err = rebuild.communicate(timeout=30)
     if stop_signal == signal.SIGKILL:
         assert rebuild.returncode == -signal.SIGKILL
     else:  # the batch in hand is committed, and the command says where it stopped
         assert rebuild.returncode == 0, err
+        assert "(the rebuild stopped before its swap: the live read model is as it was;" \
+               " --rebuild again starts over)" in out
         assert "rebuild stopped at position" in err
         assert "the live read model is untouched" in err
     assert snapshot() == before

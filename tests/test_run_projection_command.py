@@ -43,7 +43,8 @@ def test_reset_beside_an_active_runner_names_it_and_resets_nothing(projection: s
         unlock("payment", lock)
     assert str(refused.value) == (
         "payment: another runner is active (python3 dev.py run, or another run_projection)."
-        " Stop it first: --reset clears the read model that it writes. Nothing was reset.")
+        " Stop it first: --reset clears the read model that it writes. Nothing was reset."
+        " (--rebuild builds a new one beside it instead, and needs no stop.)")
     assert snapshot() == before
 
 

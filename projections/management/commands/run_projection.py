@@ -82,7 +82,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{', '.join(busy)}: another runner is active (python3 dev.py run, or"
                 " another run_projection). Stop it first: --reset clears the read model"
-                " that it writes. Nothing was reset.")
+                " that it writes. Nothing was reset. (--rebuild builds a new one beside it"
+                " instead, and needs no stop.)")
         if options["rebuild"] and (
             busy := [name for name in names if is_locked(rebuild_lock_name(name))]
         ):
@@ -105,7 +106,12 @@ class Command(BaseCommand):
             # The checkpoint as stored: a runner stopped while it waited moved nothing.
             summary = (f"{runner.name}: applied {runner.progress.applied} events, checkpoint"
                        f" at {checkpoint_position(runner.name)}")
-            if runner.progress.applied == 0 and is_locked(runner.name):
+            if options["rebuild"]:
+                summary += (" (rebuilt beside the live read model and swapped in)"
+                            if runner.swapped else
+                            " (the rebuild stopped before its swap: the live read model is"
+                            " as it was; --rebuild again starts over)")
+            elif runner.progress.applied == 0 and is_locked(runner.name):
                 summary += " (another runner was active: this one waited and did nothing)"
             self.stdout.write(summary)
         if failures:
