@@ -408,3 +408,35 @@ def test_a_rebuild_killed_half_way_leaves_the_live_tables_unchanged(
     call_command("run_projection", "payment", "--rebuild", "--once", stdout=StringIO())
     assert snapshot() == before
     assert not Rebuild.objects.exists()
+
+
+def test_a_rebuild_from_eventstoredb_makes_what_a_reset_makes() -> None:
+    """The rebuild reads through the store port: EventStoreDB's positions (commit
+    positions, not dense) serve the shadow's checkpoint and the swap's catch-up alike."""
+    from payments.eventstore.esdb import EventStoreDBEventStore
+    from projections.projectors import DeclineProjection
+    from tests.esdb_double import EventStoreDBDouble
+
+    with EventStoreDBDouble() as double:
+        store = EventStoreDBEventStore(double.uri, timeout=2.0)
+        try:
+            for n in range(6):
+                payment = services.create_payment(amount=f"{n + 1}.00", currency="EUR",
+                                                  store=store)
+                if n % 2:
+                    services.decline_payment(payment_id=payment.id, bank_name="Far Bank",
+                                             decline_code="05", store=store)
+                else:
+                    services.authorize_payment(payment_id=payment.id, bank_name="Far Bank",
+                                               store=store)
+            for projection in (PaymentProjection, DeclineProjection):
+                ProjectionRunner(projection(), store).run(once=True)
+            expected = snapshot()
+            for projection in (PaymentProjection, DeclineProjection):
+                ProjectionRunner(projection(), store, batch_size=4).run(once=True, rebuild=True)
+            head = Checkpoint.objects.get(name="payment").position
+        finally:
+            store.close()
+    assert snapshot() == expected
+    assert PaymentView.objects.count() == 6
+    assert head == Checkpoint.objects.get(name="decline").position > 12
