@@ -22,13 +22,14 @@ import pytest
 
 from payments import services
 from payments.events import EVENT_TYPES, stream_name
-from payments.eventstore import EventStore, NewEvent, StreamState
+from payments.eventstore import EventStore
 from payments.eventstore.embedded import EmbeddedEventStore
 from payments.eventstore.esdb import EventStoreDBEventStore
 from projections.models import Checkpoint, DeclineView, PaymentView
 from projections.projectors import DeclineProjection, PaymentProjection, payment_from_row
 from projections.runner import ProjectionRunner
 from tests.esdb_double import EventStoreDBDouble
+from tests.stored_events import load_stored_events, stored_lines
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the ESDB double serves from threads
 
@@ -69,22 +70,6 @@ EXPECTED_DECLINES = {
 }
 
 
-def stored_lines(fixture: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in fixture.read_text().splitlines()]
-
-
-def load(store: EventStore, fixture: Path) -> None:
-    """Append the fixture's events byte for byte, in its order, as they were stored."""
-    versions: dict[str, int] = {}
-    for stored in stored_lines(fixture):
-        stream = stored["stream"]
-        expected = versions.get(stream, StreamState.NO_STREAM)
-        store.append(stream, [NewEvent(type=stored["type"], data=stored["data"].encode(),
-                                       metadata=stored["metadata"].encode(),
-                                       id=UUID(stored["id"]))], expected)
-        versions[stream] = versions.get(stream, -1) + 1
-
-
 @pytest.fixture(params=["embedded", "esdb-double"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
     """Each adapter the contract suite runs on without a server of its own."""
@@ -123,7 +108,7 @@ def test_the_fixture_is_what_version_1_wrote() -> None:
 
 
 def test_version_1_events_project_and_fold_on_every_store(store: EventStore) -> None:
-    load(store, FIXTURE_V1)
+    load_stored_events(store, FIXTURE_V1)
     project(store)
 
     head = store.head_position()
@@ -148,7 +133,7 @@ def test_a_version_1_payment_takes_new_commands_and_new_payments_carry_a_referen
 ) -> None:
     """A stream of version-1 events followed by a version-2 one, and a new payment beside
     them: both fold and project."""
-    load(store, FIXTURE_V1)
+    load_stored_events(store, FIXTURE_V1)
     refunded = services.refund_payment(payment_id=P1, store=store)
     new = services.create_payment(amount="12.00", currency="EUR", reference="order 1234",
                                   store=store)

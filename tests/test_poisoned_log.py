@@ -11,7 +11,6 @@ view and API endpoint that shows them answers 200. The fixture must keep decodin
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -23,9 +22,10 @@ from django.core.management import call_command
 from django.test import Client
 
 from payments import text
-from payments.eventstore import NewEvent, StreamState, get_event_store
+from payments.eventstore import get_event_store
 from payments.services import find_payment
 from projections.models import Checkpoint, DeclineView, PaymentView
+from tests.stored_events import load_stored_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,16 +48,7 @@ EXPECTED_DECLINES = {
 
 def load_fixture() -> None:
     """Append the fixture's events byte for byte, as they were once stored."""
-    store = get_event_store()
-    versions: dict[str, int] = {}
-    for line in FIXTURE.read_text().splitlines():
-        stored = json.loads(line)
-        stream = stored["stream"]
-        expected = versions.get(stream, StreamState.NO_STREAM)
-        store.append(stream, [NewEvent(type=stored["type"], data=stored["data"].encode(),
-                                       metadata=stored["metadata"].encode(),
-                                       id=UUID(stored["id"]))], expected)
-        versions[stream] = versions.get(stream, -1) + 1
+    load_stored_events(get_event_store(), FIXTURE)
 
 
 @pytest.fixture
