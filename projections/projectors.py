@@ -8,8 +8,10 @@ counts ``PaymentDeclined`` per (code, bank, UTC date) and ignores the rest.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import ClassVar, NamedTuple, Protocol
 
@@ -19,6 +21,8 @@ from payments.domain import HistoryError, Payment, PaymentStatus, apply
 from payments.events import EVENT_TYPES, PaymentDeclined, PaymentEvent
 from payments.eventstore import RecordedEvent
 from projections.models import DeclineView, PaymentView
+
+logger = logging.getLogger(__name__)
 
 
 class ProjectionError(Exception):
@@ -74,10 +78,37 @@ def project_payment(view: Payment | None, event: PaymentEvent, version: int) -> 
 
 DeclineKey = tuple[str, str, date]
 
+# The read models' free-text columns, and how many characters each holds. Codes
+# (currency, decline code) are not cut: a cut code would be another code, so one too
+# long stops the runner, naming the event, as any event it cannot apply does.
+_PAYMENT_TEXT = {name: PaymentView._meta.get_field(name).max_length
+                 for name in ("reference", "bank_name")}
+_DECLINE_BANK = DeclineView._meta.get_field("bank_name").max_length
+
+
+def fit_to_columns(payment: Payment, record: RecordedEvent) -> Payment:
+    """The payment with any text longer than its column cut to fit, and a warning.
+
+    The domain never decides such text; only another writer's event (or one stored
+    before a limit) holds it. Cut, it projects on every database alike (PostgreSQL
+    would refuse the row and stop the runner; SQLite would keep it whole): one string
+    must never stop a read model. The event keeps it whole, as does the payment's page.
+    """
+    long = {name: value[:limit] for name, limit in _PAYMENT_TEXT.items()
+            if limit is not None and len(value := getattr(payment, name) or "") > limit}
+    if not long:
+        return payment
+    logger.warning("the event at position %d (stream %s, version %d) makes %s longer than"
+                   " the read model's columns: cut to fit", record.position, record.stream,
+                   record.version, ", ".join(sorted(long)))
+    return replace(payment, **long)
+
 
 def count_decline(counts: Counter[DeclineKey], event: PaymentDeclined) -> None:
-    """One more decline for its code, bank and UTC date."""
-    counts[(event.decline_code, event.bank_name, event.occurred_at.astimezone(UTC).date())] += 1
+    """One more decline for its code, bank and UTC date (the bank's name cut to its
+    column, as ``fit_to_columns`` says why; the payment projection warns of it)."""
+    counts[(event.decline_code, event.bank_name[:_DECLINE_BANK],
+            event.occurred_at.astimezone(UTC).date())] += 1
 
 
 # --- conversions between the domain and the rows ---------------------------------------
@@ -227,7 +258,7 @@ class PaymentProjection(_OnTables):
                 payment = project_payment(current, item.event, item.record.version)
             except HistoryError as e:
                 raise ProjectionError(self.name, item.record, str(e)) from e
-            known[payment.id] = (payment, item.record.position)
+            known[payment.id] = (fit_to_columns(payment, item.record), item.record.position)
         upsert_payment_views(known.values(), view)
 
 

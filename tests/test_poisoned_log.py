@@ -11,18 +11,24 @@ view and API endpoint that shows them answers 200. The fixture must keep decodin
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import date
 from decimal import Decimal
+from io import StringIO
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from payments import text
-from payments.eventstore import get_event_store
+from payments.events import stream_name
+from payments.eventstore import NewEvent, StreamState, get_event_store
 from payments.services import find_payment
 from projections.models import Checkpoint, DeclineView, PaymentView
 from tests.stored_events import load_stored_events
@@ -112,3 +118,43 @@ def test_the_cli_prints_one_line_per_field_for_a_poisoned_payment(capsys) -> Non
     assert f"bank_name: {R}knaB liveE{R}" in lines
     assert [line.split(" ")[3] for line in lines if line.startswith("event:")] == \
         ["PaymentCreated", "PaymentAuthorized", "PaymentDeclined"]
+
+
+@given(bank_name=st.text(st.characters(codec="utf-8", categories=["L", "N", "Zs"]),
+                         min_size=101, max_size=400),
+       reference=st.text(st.characters(codec="utf-8", categories=["L", "N"]),
+                         min_size=65, max_size=200))
+@settings(max_examples=5, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_text_longer_than_its_column_from_another_writer_is_cut_and_the_runner_goes_on(
+    bank_name: str, reference: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The domain never writes such text; another program might. Cut to the column on
+    both databases (PostgreSQL would refuse the row and stop the runner), with a
+    warning; the event, and the payment's page, keep it whole."""
+    bank_name, reference = bank_name.strip() or "x" * 101, reference.strip() or "y" * 65
+    payment_id = uuid4()
+    at = '"occurred_at":"2026-10-03T10:00:00.000000Z"'
+    meta = b'{"schemaVersion":2}'
+    store = get_event_store()
+    store.append(stream_name(payment_id), [
+        NewEvent("PaymentCreated", (f'{{"payment_id":"{payment_id}",{at},"amount":"5.00",'
+                                    f'"currency":"EUR","reference":{json.dumps(reference)}}}'
+                                    ).encode(), meta),
+        NewEvent("PaymentDeclined", (f'{{"payment_id":"{payment_id}",{at},'
+                                     f'"bank_name":{json.dumps(bank_name)},'
+                                     f'"decline_code":"05","decline_id":"{uuid4()}"}}').encode(),
+                 meta),
+    ], StreamState.NO_STREAM)
+    with caplog.at_level(logging.WARNING, logger="projections.projectors"):
+        call_command("run_projection", "all", "--once", stdout=StringIO())
+
+    assert not Checkpoint.objects.exclude(failure="").exists()
+    row = PaymentView.objects.get(payment_id=payment_id)
+    assert text.normalise(bank_name).startswith(row.bank_name)
+    assert (len(row.bank_name), len(row.reference)) == (100, 64)
+    assert row.reference == text.normalise(reference)[:64]
+    assert DeclineView.objects.filter(bank_name=row.bank_name, decline_code="05").exists()
+    assert "version 0) makes reference longer than the read model's columns" in caplog.text
+    assert "version 1) makes bank_name longer than the read model's columns" in caplog.text
+    assert find_payment(payment_id=payment_id).payment.bank_name == text.normalise(bank_name)
