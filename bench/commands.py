@@ -13,6 +13,11 @@ Between the two it also measures the same life cycle's commits straight into a t
 of the store's own schema, with the store's own statements (``UNIQUE (stream,
 version)``, the version check inside the insert) and no Python around them: what the
 schema alone costs, the most any service on it could reach.
+
+The service runs with metrics off (METRICS_ENABLED), and again, in the same rounds and
+alternating which goes first, with them on (the command's counter and histogram, the
+store's timing, as the web app records them): their ratio is what metrics cost a command.
+Set PROMETHEUS_MULTIPROC_DIR to an empty folder to measure them as gunicorn keeps them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sqlite3
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +37,8 @@ from harness import setup_django, step
 
 FOLDER = setup_django()
 
+from django.conf import settings  # noqa: E402
+
 from payments import services  # noqa: E402
 from payments.eventstore.embedded import (  # noqa: E402
     _INSERT,
@@ -39,6 +47,7 @@ from payments.eventstore.embedded import (  # noqa: E402
     EmbeddedEventStore,
     _category,
 )
+from payments.eventstore.instrumented import InstrumentedEventStore  # noqa: E402
 from paymentsite.logging import JsonFormatter  # noqa: E402
 
 
@@ -61,19 +70,29 @@ def command_log_lines(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def service_rate(folder: Path, payments: int, name: str = "events") -> float:
-    """Commands per second through the service, sequentially."""
-    store = EmbeddedEventStore(folder / f"{name}.sqlite3")
+def service_run(folder: Path, payments: int, name: str = "events", *,
+                metrics: bool = False) -> tuple[float, float]:
+    """Commands per second through the service, sequentially (``metrics``: recorded), and
+    the CPU time of this process per command in microseconds: what metrics add to it is
+    not drowned by the disk's waits, which vary far more from run to run."""
+    settings.METRICS_ENABLED = metrics
+    embedded = EmbeddedEventStore(folder / f"{name}.sqlite3")
+    store = InstrumentedEventStore(embedded, "embedded") if metrics else embedded
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for _ in range(payments):
             payment = services.create_payment(amount="100.00", currency="EUR", store=store)
             services.authorize_payment(payment_id=payment.id, bank_name="Bench Bank", store=store)
             services.settle_payment(payment_id=payment.id, store=store)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         store.close()
-    return 3 * payments / elapsed
+    return 3 * payments / elapsed, cpu / (3 * payments) * 1e6
+
+
+def service_rate(folder: Path, payments: int, name: str = "events") -> float:
+    """Commands per second through the service, sequentially."""
+    return service_run(folder, payments, name)[0]
 
 
 _SETTLED_DATA = (
@@ -145,6 +164,8 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
     schema: list[float] = []
     service: list[float] = []
     logged: list[float] = []
+    metered: list[float] = []
+    cpu: dict[bool, list[float]] = {False: [], True: []}  # microseconds per command
     # Interleave the rounds so that a burst of disk noise hits both sides alike.
     for round_ in range(rounds):
         folder = FOLDER / f"round-{round_}"
@@ -152,13 +173,21 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
         with step(f"round {round_ + 1} of {rounds}"):
             ceiling.append(sqlite_ceiling_rate(folder, 3 * payments))
             schema.append(events_schema_rate(folder, payments))
-            service.append(service_rate(folder, payments))
+            runs = [(service, False), (metered, True)]
+            for rates, metrics in runs if round_ % 2 == 0 else reversed(runs):
+                rate, cpu_us = service_run(folder, payments, f"events-metrics-{metrics}",
+                                           metrics=metrics)
+                rates.append(rate)
+                cpu[metrics].append(cpu_us)
             with command_log_lines(folder / "commands.log"):
                 logged.append(service_rate(folder, payments, "events-logged"))
     return {"commands": 3 * payments, "ceiling_rate": max(ceiling),
             "schema_rate": max(schema), "service_rate": max(service),
-            "logged_rate": max(logged), "ceiling_runs": ceiling, "schema_runs": schema,
-            "service_runs": service, "logged_runs": logged}
+            "logged_rate": max(logged), "metered_rate": max(metered),
+            "ceiling_runs": ceiling, "schema_runs": schema, "service_runs": service,
+            "logged_runs": logged, "metered_runs": metered,
+            "service_cpu_us": statistics.median(cpu[False]),
+            "metered_cpu_us": statistics.median(cpu[True])}
 
 
 def main() -> None:
@@ -176,10 +205,16 @@ def main() -> None:
           + ", ".join(f"{r:.0f}" for r in f["service_runs"]) + ")")
     print(f"... with a log line each:    {f['logged_rate']:8.0f} commands/s (runs: "
           + ", ".join(f"{r:.0f}" for r in f["logged_runs"]) + ")")
+    print(f"... with metrics:            {f['metered_rate']:8.0f} commands/s (runs: "
+          + ", ".join(f"{r:.0f}" for r in f["metered_runs"]) + ")")
     print(f"ratio schema / ceiling:      {f['schema_rate'] / f['ceiling_rate']:8.2f}"
           "  (the most a service on this schema could reach)")
     print(f"ratio service / ceiling:     {f['service_rate'] / f['ceiling_rate']:8.2f}"
           "  (target >= 0.80)")
+    print(f"ratio with / without metrics: {f['metered_rate'] / f['service_rate']:7.3f}"
+          "  (best runs; the disk's noise is larger than the difference)")
+    print(f"CPU per command, median:     {f['service_cpu_us']:8.1f} us without metrics,"
+          f" {f['metered_cpu_us']:.1f} us with (x{f['metered_cpu_us'] / f['service_cpu_us']:.3f})")
 
 
 if __name__ == "__main__":

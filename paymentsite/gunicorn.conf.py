@@ -8,7 +8,9 @@ stop_grace_period (30 s in docker-compose.yml), after which docker kills.
 """
 
 import os
+import shutil
 import tempfile
+from typing import Any
 
 
 def _int(name: str, default: int) -> int:
@@ -32,3 +34,35 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicornc's socket (`docker compose exec web gunicornc …`): gunicorn's default is under
 # $HOME, which the image's user does not have.
 control_socket = os.path.join(tempfile.gettempdir(), "gunicorn.ctl")
+
+# Metrics (paymentsite/metrics.py): prometheus_client's multiprocess mode. Each worker
+# writes its values to files in PROMETHEUS_MULTIPROC_DIR, and /metrics, in whichever worker
+# answers, sums them all: every worker's counts add up (a dead worker's too). Set here, in
+# the master before any worker starts, so that no deployment can forget it; emptied at
+# start (an earlier run's files would count again). Unless given, a folder of this master's
+# own, removed when it exits.
+_own_metrics_dir: str | None = None
+
+
+def on_starting(server: Any) -> None:
+    global _own_metrics_dir
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _own_metrics_dir = os.path.join(tempfile.gettempdir(), f"paymentsite-metrics-{os.getpid()}")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".db"):
+            os.remove(entry.path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its live gauges go with it (its counters and histograms stay)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _own_metrics_dir is not None:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

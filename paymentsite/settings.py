@@ -4,6 +4,7 @@ Defaults give a working local setup with no service running: SQLite for the read
 models in `var/db.sqlite3` and the embedded event store in `var/events.sqlite3`.
 """
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +43,15 @@ INSTALLED_APPS = [
     "projections",
 ]
 
+# Prometheus metrics (paymentsite/metrics.py, docs/OPERATIONS.md): off, nothing is
+# recorded, /metrics is a 404 and run_projection serves none.
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+# HTTP requests by view and status: django-prometheus's "after" middleware, inside the
+# others (just before axes, which must stay last), so it sees the view and the status the
+# site answers. Not its "before" one (the whole request's latency, for 15 us more a
+# request), nor its database or cache backends (a wrapper around every query), nor its app.
+_prometheus_after = ["django_prometheus.middleware.PrometheusAfterMiddleware"]
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -55,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "payments.middleware.EventStoreUnavailableMiddleware",
+    *(_prometheus_after if METRICS_ENABLED else []),
     # django-axes: last, as its documentation asks; answers a locked-out login.
     "axes.middleware.AxesMiddleware",
 ]
@@ -106,6 +117,34 @@ if not COMMAND_DEADLINE > 0:
     raise ImproperlyConfigured(f"COMMAND_DEADLINE must be more than 0 s, not {COMMAND_DEADLINE}")
 
 DEFAULT_CURRENCY = env.str("DEFAULT_CURRENCY", default="EUR")
+
+# Who may scrape /metrics and a runner's metrics port: a request with the header
+# `Authorization: Bearer <METRICS_TOKEN>`, or from an address in METRICS_ALLOWED_IPS
+# (addresses or networks, comma-separated: 10.0.0.0/8,192.0.2.7; the peer's address, not a
+# proxy's X-Forwarded-For). Either one lets a scrape in. With neither set, /metrics is open
+# with DEBUG on (dev.py run) and closed to everybody with DEBUG off: production sets one.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters (or unset)")
+
+def _networks(name: str) -> list[str]:
+    """Addresses and networks, checked here so that a typo stops the start-up."""
+    networks = []
+    for value in env.list(name, default=[]):
+        try:
+            networks.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {value!r} is not an address or a network such as 10.0.0.0/8"
+            ) from None
+    return networks
+
+
+METRICS_ALLOWED_IPS = _networks("METRICS_ALLOWED_IPS")
+# `run_projection --metrics-port` by default (none: a runner serves no metrics), and the
+# address it listens on (0.0.0.0 in a container, where Prometheus is another host).
+METRICS_PORT = env.int("METRICS_PORT", default=None)
+METRICS_ADDRESS = env.str("METRICS_ADDRESS", default="127.0.0.1")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -160,7 +199,8 @@ AXES_LOCKOUT_CALLABLE = "paymentsite.errors.login_locked_out"
 # SECURE_SSL_REDIRECT=false if the proxy redirects plain HTTP itself.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # A container's healthcheck asks over plain HTTP on localhost (paymentsite/health.py).
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# So does Prometheus, inside the network (/metrics answers only whom METRICS_* allow).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = 0 if DEBUG else env.int("SECURE_HSTS_SECONDS", default=31_536_000)

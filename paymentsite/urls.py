@@ -1,5 +1,5 @@
 """URL configuration: the HTML pages, Django's login, the admin, the REST API, probes,
-and the error handlers."""
+metrics, and the error handlers."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -7,11 +7,16 @@ from django.urls import include, path
 
 from payments import views as payment_views
 from paymentsite import health
+from paymentsite.metrics import metrics_view
+from projections.management.commands.projection_status import projection_readings
+from projections.projectors import PROJECTIONS
 
 urlpatterns = [
     # Anonymous JSON probes for the container or load balancer (paymentsite/health.py).
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # Prometheus (paymentsite/metrics.py): only for a scraper that METRICS_* let in.
+    path("metrics", metrics_view(lambda: projection_readings(PROJECTIONS)), name="metrics"),
     path("", include("projections.urls")),
     path("payments/", include("payments.urls")),
     # Only log in and out: accounts are made by an administrator (manage.py / admin).

@@ -31,6 +31,7 @@ from payments.eventstore import (
     Subscription,
     UnreadableEvent,
 )
+from paymentsite.metrics import observe_batch, set_runner_state
 from projections.locks import Lock, holds, single_runner
 from projections.models import Checkpoint, Rebuild
 from projections.projectors import Decoded, Projection, ProjectionError
@@ -189,10 +190,19 @@ class ProjectionRunner:
         self.rebuilding = False  # a failure now is the rebuild's, not the live model's
         self.swapped = False  # a rebuild of this runner's swapped its tables in
         self._backoff = FIRST_BACKOFF  # the next wait after a store outage
+        self._state: str | None = None  # as the metrics say (paymentsite.metrics)
 
     @property
     def name(self) -> str:
         return self.projection.name
+
+    def _set_state(self, state: str) -> None:
+        """Say in the metrics what the runner of the live read model is doing (a rebuild's
+        shadow runner says nothing: its runner is ``rebuilding``)."""
+        if state != self._state and (state == "rebuilding"
+                                     or isinstance(self.checkpoint, LiveCheckpoint)):
+            self._state = state
+            set_runner_state(self.name, state)
 
     def run(self, *, once: bool = False, reset: bool = False, rebuild: bool = False) -> None:
         """Hold the projection's lock and run until caught up (``once``) or stopped.
@@ -248,6 +258,7 @@ class ProjectionRunner:
         model has and the shadow not yet, and swaps tables and checkpoints.
         """
         self.rebuilding = True
+        self._set_state("rebuilding")
         try:
             return self._rebuild()
         finally:
@@ -338,6 +349,7 @@ class ProjectionRunner:
             self.progress.start = position
         self.progress.position = position
         self.progress.head = head
+        self._set_state("catching_up" if position < head else "following")
         if position >= head:
             if isinstance(self.checkpoint, LiveCheckpoint):
                 clear_failure(self.name)  # caught up: nothing it failed on is left
@@ -349,6 +361,8 @@ class ProjectionRunner:
             moved = time.monotonic()
             while not self.stop.is_set():
                 batch = self._collect(subscription)
+                # A full batch: more was waiting. Less: it has all that has arrived.
+                self._set_state("catching_up" if len(batch) >= self.batch_size else "following")
                 # Read after the batch: what the store looked past includes its events.
                 covered = subscription.position
                 if batch:
@@ -452,11 +466,13 @@ class ProjectionRunner:
             self.progress.applied += applied
             self.progress.position = last
             self.progress.head = max(self.progress.head, last)  # the head read at start moves
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            seconds = time.perf_counter() - started
+            duration_ms = round(seconds * 1000, 1)
             if not batch:
                 logger.debug("projection %s: checkpoint moved to %d past other events",
                              self.name, last)
             else:
+                observe_batch(self.name, applied, seconds)
                 logger.info(
                     "projection %s: applied %d events, positions %d..%d, in %.1f ms",
                     self.name, applied, batch[0].position, last, duration_ms,

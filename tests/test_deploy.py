@@ -5,7 +5,8 @@ pass `docker-compose config`; the Dockerfile must pass hadolint; and what would 
 break once deployed is checked here: each `manage.py` command they run exists and takes
 its arguments, each variable they set is one the settings read, the production settings
 load, pass `check --deploy` and collect the static files, the gunicorn config loads, the
-event store URIs open, and the two layouts run the same app services.
+event store URIs open, the two layouts run the same app services, Prometheus (the
+`metrics` profile) scrapes what the stack serves, and gunicorn's workers' metrics add up.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ LAYOUTS = {"single": "docker-compose.yml", "cluster": "docker-compose.cluster.ym
 DOCKERFILE = ROOT / "Dockerfile"
 GUNICORN_CONF = ROOT / "paymentsite" / "gunicorn.conf.py"
 # What docker-compose interpolates from the environment (or ./.env): the tests set them.
-COMPOSE_VARIABLES = ("SECRET_KEY", "POSTGRES_PASSWORD", "ALLOWED_HOSTS")
+COMPOSE_VARIABLES = ("SECRET_KEY", "POSTGRES_PASSWORD", "ALLOWED_HOSTS", "METRICS_TOKEN")
 TEST_SECRET_KEY = secrets.token_urlsafe(50)
+TEST_METRICS_TOKEN = secrets.token_urlsafe(32)
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
 # Variables the app's containers may set that no settings module reads.
 RUNTIME_VARIABLES = {"DJANGO_SETTINGS_MODULE", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 
@@ -65,6 +68,7 @@ def run_compose(
         if k not in COMPOSE_VARIABLES and not k.startswith("COMPOSE_")
     }
     env["SECRET_KEY"] = TEST_SECRET_KEY
+    env["METRICS_TOKEN"] = TEST_METRICS_TOKEN
     for name in drop:
         env.pop(name, None)
     return subprocess.run(
@@ -273,10 +277,75 @@ def test_both_layouts_run_the_same_app(configs: dict) -> None:
 
     single, cluster = configs["single"]["services"], configs["cluster"]["services"]
     assert app_services(configs["single"]).keys() == app_services(configs["cluster"]).keys()
-    for name in [*app_services(configs["single"]), "postgres"]:
+    for name in [*app_services(configs["single"]), "postgres", "prometheus"]:
         assert comparable(single[name]) == comparable(cluster[name]), name
     # Never the same read models (and checkpoints) for two different event stores.
     assert not (set(configs["single"]["volumes"]) & set(configs["cluster"]["volumes"]))
+
+
+# --- Prometheus (the `metrics` profile) ----------------------------------------------------------
+
+
+def mounted(service: dict, target: str) -> Path:
+    """The file of this repository that a service's volumes mount at ``target``."""
+    for volume in service["volumes"]:
+        source, _, rest = volume.partition(":") if isinstance(volume, str) else (
+            volume["source"], "", volume["target"])
+        if rest.split(":")[0] == target:
+            return Path(source)
+    pytest.fail(f"nothing is mounted at {target}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prometheus_is_in_the_metrics_profile_with_the_checked_in_config(
+    layout: str, configs: dict,
+) -> None:
+    services = configs[layout]["services"]
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]
+    assert "build" not in prometheus
+    entrypoint = " ".join(prometheus["entrypoint"])
+    config_path = re.search(r"--config\.file=(\S+)", entrypoint)[1]
+    assert mounted(prometheus, config_path) == PROMETHEUS_CONFIG
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for rules in config["rule_files"]:
+        assert mounted(prometheus, rules) == ROOT / "deploy" / "alerts.yml"
+    # The token it sends: the file its entrypoint writes from the same METRICS_TOKEN as
+    # the app's; the app's settings accept it (16+ characters).
+    token_file = re.search(r"> (\S+)", entrypoint)[1]
+    assert prometheus["environment"]["METRICS_TOKEN"] == TEST_METRICS_TOKEN
+    for name, service in app_services(configs[layout]).items():
+        assert service["environment"]["METRICS_TOKEN"] == TEST_METRICS_TOKEN, name
+    for job in config["scrape_configs"]:
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": token_file}, job
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prometheus_scrapes_the_web_and_every_runner_where_they_serve(
+    layout: str, configs: dict,
+) -> None:
+    services = app_services(configs[layout])
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())[
+        "scrape_configs"]}
+    targets = {name: {t for c in job["static_configs"] for t in c["targets"]}
+               for name, job in jobs.items()}
+    # web: gunicorn's port in the container, and a host name Django lets in.
+    web = services["web"]
+    port = gunicorn_settings()["bind"][0].rpartition(":")[2]
+    assert targets["web"] == {f"web:{port}"}
+    assert validate_host("web", web["environment"]["ALLOWED_HOSTS"].split(","))
+    assert resolve(jobs["web"]["metrics_path"]).url_name == "metrics"
+    # Each runner on the port its command serves, on every interface of its container.
+    runners = {}
+    for name, service in services.items():
+        for call in manage_py_calls(words(service["command"])):
+            if call[0] == "run_projection":
+                assert "--metrics-port" in call, f"{name} serves no metrics"
+                runners[name] = call[call.index("--metrics-port") + 1]
+                assert service["environment"]["METRICS_ADDRESS"] == "0.0.0.0", name
+    assert len(runners) == len(PROJECTIONS)
+    assert targets["projections"] == {f"{name}:{port}" for name, port in runners.items()}
+    assert set(jobs) == {"web", "projections"}
 
 
 # --- management commands ---------------------------------------------------------------------
@@ -471,3 +540,97 @@ def test_gunicorn_serves_the_probes_and_stops_cleanly_on_sigterm(
     assert "Handling signal: term" in output, output
     assert "Shutting down: Master" in output, output
     assert "Traceback" not in output, output
+
+
+def test_gunicorn_workers_metrics_add_up_in_one_scrape(configs: dict, tmp_path: Path) -> None:
+    """web's command with two workers, which are stopped half way (gunicorn starts two
+    more): one scrape counts the requests of all four processes, and an earlier run's
+    file in the folder is gone."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"an earlier run's file: emptied at start")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        **configs["single"]["services"]["web"]["environment"],
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'events.sqlite3'}",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True,
+                   timeout=120)
+    subprocess.run([*manage, "shell", "-c", "from django.contrib.auth import get_user_model;"
+                    " get_user_model().objects.create_user('scripts')"],
+                   cwd=ROOT, env=env, check=True, timeout=60, capture_output=True)
+    api_token = subprocess.run([*manage, "api_token", "scripts"], cwd=ROOT, env=env, check=True,
+                               timeout=60, capture_output=True, text=True).stdout.strip()
+    command = configs["single"]["services"]["web"]["command"]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), *command[1:]],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+
+    def workers_booted(count: int) -> list[int]:
+        """The pids of the next ``count`` workers gunicorn says it booted."""
+        pids: list[int] = []
+        for line in server.stdout:
+            output.append(line)
+            if booted := re.search(r"Booting worker with pid: (\d+)", line):
+                pids.append(int(booted[1]))
+                if len(pids) == count:
+                    return pids
+        pytest.fail("gunicorn stopped:\n" + "".join(output))
+
+    def call(path: str, body: bytes | None = None, **headers: str) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                         headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    def some_requests() -> None:
+        for _ in range(3):
+            call("/healthz")
+            call("/api/payments/", b'{"amount": "10.00"}', Authorization=f"Token {api_token}",
+                 **{"Content-Type": "application/json"})
+
+    try:
+        first = workers_booted(2)
+        assert not (folder / "counter_1.db").exists()
+        some_requests()
+        for pid in first:
+            os.kill(pid, signal.SIGTERM)  # gunicorn starts another in its place
+        second = workers_booted(2)
+        some_requests()
+        scraped = call("/metrics", Authorization=f"Bearer {TEST_METRICS_TOKEN}").decode()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=gunicorn_settings()["graceful_timeout"] + 10)
+        output.append(rest)
+    assert server.returncode == 0, "".join(output)
+    # Three of each request were served by the first two workers, which had exited (their
+    # replacements boot once they are gone), three by the next two: one scrape sums both.
+    writers = {int(m[1]) for f in folder.iterdir() if (m := re.search(r"_(\d+)\.db$", f.name))}
+    assert writers >= {*first, *second}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(scraped) for s in family.samples}
+    assert samples[("django_http_responses_total_by_status_view_method_total",
+                    (("method", "GET"), ("status", "200"), ("view", "healthz")))] == 6
+    assert samples[("django_http_responses_total_by_status_view_method_total",
+                    (("method", "POST"), ("status", "201"), ("view", "api:payments")))] == 6
+    assert samples[("payments_commands_total", (("action", "create"), ("outcome", "ok")))] == 6
+    assert samples[("payments_command_duration_seconds_count",
+                    (("action", "create"), ("outcome", "ok")))] == 6
+    assert samples[("payments_eventstore_operation_duration_seconds_count",
+                    (("adapter", "embedded"), ("operation", "append")))] == 6

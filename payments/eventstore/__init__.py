@@ -2,6 +2,8 @@
 
 ``sqlite:////absolute/path`` (the default: var/events.sqlite3) opens the embedded
 store; ``esdb://`` and ``esdb+discover://`` open EventStoreDB through esdbclient.
+The process's store (``get_event_store``) is measured (``instrumented``) unless
+``METRICS_ENABLED`` is off.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import atexit
 import threading
 
+from payments.eventstore.instrumented import InstrumentedEventStore
 from payments.eventstore.port import (
     AppendResult,
     EventStore,
@@ -38,6 +41,7 @@ __all__ = [
     "UnreadableEvent",
     "UnsupportedEventStoreURI",
     "WrongExpectedVersion",
+    "adapter_name",
     "get_event_store",
     "open_event_store",
     "reset_event_store",
@@ -75,14 +79,23 @@ _store: EventStore | None = None
 _lock = threading.Lock()
 
 
+def adapter_name(uri: str) -> str:
+    """The adapter a URI opens, as metrics label it: ``embedded`` or ``esdb``."""
+    return "embedded" if uri.startswith("sqlite:") else "esdb"
+
+
 def get_event_store() -> EventStore:
-    """The process's store, opened on first use from settings and closed at exit."""
+    """The process's store, opened on first use from settings and closed at exit; its calls
+    are timed and counted by adapter (paymentsite.metrics) when METRICS_ENABLED is on."""
     global _store
     with _lock:
         if _store is None:
             from django.conf import settings
 
-            _store = open_event_store(settings.EVENTSTORE_URI, timeout=settings.EVENTSTORE_TIMEOUT)
+            uri = settings.EVENTSTORE_URI
+            _store = open_event_store(uri, timeout=settings.EVENTSTORE_TIMEOUT)
+            if settings.METRICS_ENABLED:
+                _store = InstrumentedEventStore(_store, adapter_name(uri))
         return _store
 
 

@@ -11,6 +11,7 @@ lock for longer than a check.
 from __future__ import annotations
 
 import json
+import logging
 from argparse import ArgumentParser
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from payments.eventstore import EventStore, EventStoreError, UnreadableEvent, get_event_store
+from paymentsite.metrics import ProjectionReading
 from projections.locks import is_locked
 from projections.models import Checkpoint, Rebuild
 from projections.projectors import PROJECTIONS
 from projections.runner import rebuild_lock_name
 
 LAG_CAP = 100_000
+METRICS_LAG_CAP = 1000  # events counted per scrape; the lag in seconds says how far beyond
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Lag:
 
     events: int
     capped: bool
+    oldest: datetime | None = None  # when the first event after the checkpoint was recorded
 
     def __str__(self) -> str:
         return f">{self.events}" if self.capped else str(self.events)
@@ -111,12 +117,15 @@ class ProjectionStatus:
 
 def count_lag(store: EventStore, position: int, head: int, cap: int | None = None) -> Lag:
     """The events after ``position``, read at most ``cap + 1`` of them (positions need
-    not be dense, so head minus position is not a count)."""
+    not be dense, so head minus position is not a count), and when the first was recorded."""
     cap = LAG_CAP if cap is None else cap
     if position >= head:
         return Lag(0, capped=False)
-    found = len(store.read_all(after=position, limit=cap + 1))
-    return Lag(cap, capped=True) if found > cap else Lag(found, capped=False)
+    found = store.read_all(after=position, limit=cap + 1)
+    oldest = found[0].recorded_at if found else None
+    if len(found) > cap:
+        return Lag(cap, capped=True, oldest=oldest)
+    return Lag(len(found), capped=False, oldest=oldest)
 
 
 def projection_statuses(
@@ -152,6 +161,29 @@ def projection_statuses(
             rebuild=_rebuild_status(rebuilds.get(name), head),
         ))
     return statuses
+
+
+def projection_readings(names: Iterable[str]) -> list[ProjectionReading]:
+    """The projections as a scrape of /metrics or of a runner's port shows them: checkpoint,
+    failure, head and lag (up to ``METRICS_LAG_CAP`` events) read now, so a runner that is
+    down or stuck shows too. Without the store, the checkpoints alone."""
+    names = list(names)
+    try:
+        statuses = projection_statuses(get_event_store(), names, lag_cap=METRICS_LAG_CAP)
+    except EventStoreError as e:
+        logger.warning("metrics: the event store did not answer; projections' lag unknown: %s",
+                       e)
+        checkpoints = {c.name: c for c in Checkpoint.objects.filter(name__in=names)}
+        readings = []
+        for name in names:
+            checkpoint = checkpoints.get(name)
+            readings.append(ProjectionReading(
+                name=name, position=checkpoint.position if checkpoint else 0,
+                failed=bool(checkpoint and checkpoint.failure)))
+        return readings
+    return [ProjectionReading(name=s.name, position=s.position, failed=s.failed, head=s.head,
+                              lag_events=s.lag.events, oldest_unapplied=s.lag.oldest)
+            for s in statuses]
 
 
 def _rebuild_status(rebuild: Rebuild | None, head: int) -> RebuildStatus | None:

@@ -1,5 +1,5 @@
 """``manage.py run_projection payment|decline|all [--once] [--reset | --rebuild]
-[--batch-size N]``."""
+[--batch-size N] [--metrics-port N]``."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
 from payments.eventstore import EventStoreError, get_event_store
+from paymentsite import metrics
 from projections.locks import is_locked
+from projections.management.commands.projection_status import projection_readings
 from projections.projectors import PROJECTIONS, ProjectionError
 from projections.runner import (
     CheckpointMoved,
@@ -59,6 +62,11 @@ class Command(BaseCommand):
                  " one keeps serving, then swap them in one transaction (blue/green)",
         )
         parser.add_argument("--batch-size", type=int, default=1000, help="events per transaction")
+        parser.add_argument(
+            "--metrics-port", type=int, default=None, metavar="N",
+            help="serve this process's metrics (Prometheus) at http://METRICS_ADDRESS:N/metrics"
+                 " (default: METRICS_PORT; unset: none; 0: a free port, logged)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
@@ -68,10 +76,15 @@ class Command(BaseCommand):
                 f"--batch-size must be at most {MAX_BATCH_SIZE:,}: a batch's rows are written"
                 " in statements that must stay under PostgreSQL's 65,535 parameters")
         names = list(PROJECTIONS) if options["projection"] == "all" else [options["projection"]]
+        port = options["metrics_port"]
+        port = settings.METRICS_PORT if port is None else port
+        if port is not None and not 0 <= port <= 65535:
+            raise CommandError(f"--metrics-port must be a port from 0 to 65535, not {port}")
         stop = threading.Event()
         previous = _stop_on_signals(stop)
         try:
-            self._run(names, options, stop)
+            with _serving_metrics(names, port):
+                self._run(names, options, stop)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -118,6 +131,24 @@ class Command(BaseCommand):
             raise CommandError("; ".join(failures))
 
 
+@contextlib.contextmanager
+def _serving_metrics(names: list[str], port: int | None) -> Iterator[None]:
+    """This process's metrics and its projections' on ``port`` for the block (none without
+    a port, or with METRICS_ENABLED off)."""
+    if port is None or not settings.METRICS_ENABLED:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            address, bound = stack.enter_context(metrics.serving(
+                port, settings.METRICS_ADDRESS, lambda: projection_readings(names)))
+        except OSError as e:
+            raise CommandError(f"metrics: cannot listen on {settings.METRICS_ADDRESS}:{port}:"
+                               f" {e} (--metrics-port, METRICS_PORT, METRICS_ADDRESS)") from e
+        logger.info("metrics of %s at http://%s:%d/metrics", ", ".join(names), address, bound)
+        yield
+
+
 def _run_all(
     runners: list[ProjectionRunner], *, once: bool, reset: bool, rebuild: bool,
     stop: threading.Event,
@@ -152,6 +183,7 @@ def _run_all(
 def fail_loudly(runner: ProjectionRunner, error: BaseException) -> str:
     """One log line naming the projection and where it stopped; the reason recorded for
     status, the overview and /readyz. Returns the reason."""
+    metrics.set_runner_state(runner.name, "failed")
     if isinstance(error, ProjectionError | CheckpointMoved | VersionMismatch):
         reason = str(error)  # names the projection, and the event's position and type
     elif isinstance(error, EventStoreError):  # UnreadableEvent names the event
