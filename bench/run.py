@@ -5,7 +5,8 @@
 
 Runs, each in a fresh process of its own (its own settings and throw-away folder
 under ``var/``): the command path (``commands.py``), the projection rebuild and
-live latency (``rebuild.py``), HTTP under gunicorn (``http_load.py``), and the
+live latency (``rebuild.py``), HTTP under gunicorn (``http_load.py``), a list read
+right after a create with its position (``read_your_writes.py``), and the
 scale point (``scale.py``) at a small size and at a million payments, and the
 catch-up of a million events from the EventStoreDB double against one of ten
 thousand and against the embedded store (``catchup.py``). Then prints
@@ -48,6 +49,7 @@ PHASES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "http": ("http_load", {"seconds": 10.0, "clients": 16, "contended_rounds": 5},
              {"seconds": 2.0, "clients": 16, "in_process_payments": 200,
               "contended_rounds": 1}),
+    "ryw": ("read_your_writes", {"samples": 300}, {"samples": 30}),
     "scale_small": ("scale", {"payments": 10_000, "requests": 200, "budget": 30.0},
                     {"payments": 2_000, "requests": 30, "budget": 3.0}),
     "scale": ("scale", {"payments": 1_000_000, "requests": 200, "budget": 45.0},
@@ -137,6 +139,8 @@ def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
         return None if figures is None else figures[name]
 
     commands, rebuild, http = "commands", "rebuild", "http"
+    ryw = results.get("ryw") or {}
+    ryw_bound = 2 * ryw.get("plain_p99", 0) + ryw.get("live_p99", 0)
     small = results.get("scale_small") or {}
     large = results.get("scale") or {}
     size = f"{large.get('payments', 0):,} payments" if large else "the scale point"
@@ -187,6 +191,11 @@ def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
         Row("HTTP settles on one payment, p99",
             get(http, "contended_p99"), MS, "HTTP commands, p99 (uncontended)",
             get(http, "commands_p99"), "ratio <= 3", ratio_at_most(3)),
+        Row("read your writes: GET /api/payments/?after= at once after a create, p99",
+            get("ryw", "after_p99"), MS, "the same GET without after, p99",
+            get("ryw", "plain_p99"),
+            f"<= 2x + {MS.show(ryw.get('live_p99', 0))} ms (live p99, runner in its own"
+            f" process) = {MS.show(ryw_bound)} ms", at_most(ryw_bound)),
         Row(f"scale: rebuild {size}, one process each",
             get("scale", "rebuild_rate"), PER_SECOND["events"],
             f"the same, {small_size}", get("scale_small", "rebuild_rate"),

@@ -250,6 +250,11 @@ class Payment:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: int = 0  # stream version of the last event applied (0-based)
+    # The store position of that event: what a read of a projection may wait for (read
+    # your writes). The store numbers it, not the events, so the command service sets it
+    # once the state is loaded or appended; equality leaves it out (the same state read
+    # from another store, or folded without one, is the same payment).
+    position: int = field(default=0, compare=False)
     # Events so far, for the limits: the write side's bookkeeping, not part of what a
     # payment is (the read model does not keep them, so equality leaves them out).
     settlements: int = field(default=0, compare=False)  # PaymentSettled (MAX_SETTLEMENTS)

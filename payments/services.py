@@ -12,6 +12,10 @@ payment id) is derived from the key, so a retried command finds its own event in
 the stream and returns the state as it was right after it, appending nothing. The
 event's ``$causationId`` is derived from the key *and* the request, so the same key
 with a different request is told apart (``IdempotencyKeyReused``).
+
+Every command answers the payment with the store ``position`` of its event (a replay:
+the original event's), which a read of a projection may pass to wait until the
+projection has applied it (read your writes, ``projections.read_your_writes``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -342,6 +346,7 @@ def find_payment_as_of(
             payment = apply(payment, event, record.version)
     assert payment is not None
     shown = history[:count]
+    payment = replace(payment, position=shown[-1].position)
     return PaymentWithHistory(
         payment=payment, history=shown,
         as_of=AsOf(version=shown[-1].version, time=shown[-1].occurred_at, current_version=last,
@@ -430,6 +435,7 @@ def _load(store: EventStore, payment_id: UUID) -> _Loaded:
     for record, event in zip(records, events, strict=True):
         payment = apply(payment, event, record.version)
     assert payment is not None  # a stream that exists has at least one event
+    payment = replace(payment, position=records[-1].position)
     return _Loaded(payment=payment, records=records,
                    documents=[document for document, _ in decoded], events=events)
 
@@ -459,7 +465,9 @@ def _replay(loaded: _Loaded, event_id: UUID, command_id: UUID) -> Payment | None
             )
         if index == len(loaded.records) - 1:
             return loaded.payment  # the usual retry: its event is still the last one
-        return fold(loaded.events[: index + 1])
+        replayed = fold(loaded.events[: index + 1])
+        assert replayed is not None
+        return replace(replayed, position=record.position)  # the original event's
     return None
 
 
@@ -741,6 +749,6 @@ def _decide_and_append(
                 _recent.forget(store, payment_id)
                 _back_off(payment_id, action, lost, deadline)
                 continue
-            payment = apply(current, event, result.version)
+            payment = replace(apply(current, event, result.version), position=result.position)
             _recent.put(store, payment)
             return payment, event.type_name

@@ -4,7 +4,9 @@ The payment's page reads the stream (``find_payment_as_of``), never a projection
 after a command (POST, then redirect) the user sees the new state at once; with
 ``?as_of_version=N`` (or ``?as_of=<time>``) it shows the payment as it was then, with
 no forms and no live updates. Each command view validates one form and calls one
-service function.
+service function, then redirects to the payment's page with ``?after=<position>`` of
+its event: the page's links to the lists carry it on (templates/base.html), and the
+lists wait for their projection to apply it (read your writes).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from uuid import UUID, uuid4
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -26,6 +28,7 @@ from payments.domain import (
     AmountExceedsBalance,
     InvalidInput,
     LimitReached,
+    Payment,
     TransitionNotAllowed,
 )
 from payments.forms import (
@@ -59,9 +62,18 @@ OUT_OF_DATE = {
                                    " {status}. Review and try again.",
 }
 AS_OF_PARAMETERS = ("as_of_version", "as_of")
+# The lists' read-your-writes parameter (projections.read_your_writes.AFTER; the write
+# side does not import the read side).
+READ_AFTER = "after"
 KEY_REUSED_ON_NEW = ("This form was already sent, with other values (after going back and"
                      " editing it?), and made a payment then. Check the values and send the"
                      " form again to make another payment.")
+
+
+def _to_payment_page(payment: Payment) -> HttpResponseRedirect:
+    """After a command: the payment's page, with its event's position for the lists."""
+    return redirect(f"{reverse('payments:detail', args=[payment.id])}"
+                    f"?{READ_AFTER}={payment.position}")
 
 
 def status_words(status: str) -> str:
@@ -173,7 +185,7 @@ def payment_command(request: HttpRequest, payment_id: UUID, action: str) -> Http
         return _payment_page(request, payment_id, out_of_date=OUT_OF_DATE[type(e)], status=409)
     messages.success(request, f"{command.capitalize()}: the payment is now"
                               f" {status_words(payment.status)}.")
-    return redirect("payments:detail", payment_id=payment.id)
+    return _to_payment_page(payment)
 
 
 @login_required
@@ -200,7 +212,7 @@ def payment_new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Created: the payment of {payment.amount}"
                                       f" {payment.currency} is {status_words(payment.status)}.")
-            return redirect("payments:detail", payment_id=payment.id)
+            return _to_payment_page(payment)
     return render(request, "payments/new.html", {"form": form}, status=400)
 
 

@@ -82,6 +82,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "paymentsite.context_processors.read_after",
             ],
         },
     },
@@ -115,6 +116,14 @@ EVENTSTORE_TIMEOUT = env.float("EVENTSTORE_TIMEOUT", default=5.0)
 COMMAND_DEADLINE = env.float("COMMAND_DEADLINE", default=5.0)
 if not COMMAND_DEADLINE > 0:
     raise ImproperlyConfigured(f"COMMAND_DEADLINE must be more than 0 s, not {COMMAND_DEADLINE}")
+
+# Seconds a read of a projection given ``?after=<position>`` (a command's event) may
+# wait for the projection to apply it; then it answers marked stale, never an error
+# (projections/read_your_writes.py). 0: never wait, only say whether it is there.
+READ_YOUR_WRITES_TIMEOUT = env.float("READ_YOUR_WRITES_TIMEOUT", default=2.0)
+if not 0 <= READ_YOUR_WRITES_TIMEOUT <= 30:
+    raise ImproperlyConfigured("READ_YOUR_WRITES_TIMEOUT must be from 0 to 30 s (a request"
+                               f" waits at most this long), not {READ_YOUR_WRITES_TIMEOUT}")
 
 DEFAULT_CURRENCY = env.str("DEFAULT_CURRENCY", default="EUR")
 

@@ -3,11 +3,14 @@
 Each view validates its filters with a small form (through the domain's rules) and
 calls one query function of ``projections.selectors``. A filter that fails is shown
 beside its field and the page answers 400 (the other filters still apply); a page
-number out of range is a 400 page that says which numbers there are.
+number out of range is a 400 page that says which numbers there are. Each honours
+``?after=<position>`` (``reads``: read your writes).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -24,9 +27,11 @@ from payments.domain import (
     parse_currency,
     parse_decline_code,
 )
+from paymentsite import live
 from paymentsite.live import live_page
-from projections import selectors
+from projections import read_your_writes, selectors
 from projections.charts import bar_chart
+from projections.projectors import DeclineProjection, PaymentProjection
 
 MAX_REPORT_DAYS = selectors.MAX_REPORT_DAYS
 # No card payment predates it; and the report's windows stay far from date.min.
@@ -103,6 +108,44 @@ class DeclineFilterForm(forms.Form):
         return data
 
 
+View = Callable[..., HttpResponse]
+
+
+def reads(*projections: str) -> Callable[[View], View]:
+    """The page reads these projections: given ``?after=<position>``, it waits (boundedly)
+    until they have applied that event, and says so (``read_your_writes``): a banner
+    when it is stale (``request.freshness``, for ``_stale.html``) and the headers.
+
+    A live poll (``X-Live-Version``) only looks: it asks again in a second. Outside
+    ``live_page``, so that the page's live version is read after the wait. A bad
+    ``after`` is the site's 400 page.
+    """
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                freshness = read_your_writes.wait_until_applied(
+                    projections, request.GET.get(read_your_writes.AFTER),
+                    wait=live.HEADER not in request.headers)
+            except InvalidInput as e:
+                query = request.GET.copy()
+                query.pop(read_your_writes.AFTER, None)
+                return render(request, "400.html", {
+                    "message": f"{e}.",
+                    "back": f"{request.path}?{query.urlencode()}" if query else request.path,
+                }, status=400)
+            request.freshness = freshness  # type: ignore[attr-defined] # _stale.html
+            response = view(request, *args, **kwargs)
+            for name, value in read_your_writes.headers(freshness).items():
+                response[name] = value
+            return response
+
+        return wrapped
+
+    return decorate
+
+
 def _valid(form: forms.Form) -> dict[str, Any]:
     """The filters that passed (an invalid one is shown beside its field and ignored)."""
     form.is_valid()
@@ -111,6 +154,7 @@ def _valid(form: forms.Form) -> dict[str, Any]:
 
 @login_required
 @require_GET
+@reads(PaymentProjection.name)
 @live_page(selectors.read_models_version)
 def overview(request: HttpRequest) -> HttpResponse:
     """GET /: payments by status, the latest payments, the projections' lag."""
@@ -124,6 +168,7 @@ def _status(form: forms.Form) -> int:
 
 @login_required
 @require_GET
+@reads(PaymentProjection.name)
 @live_page(selectors.read_models_version)
 def payment_list(request: HttpRequest) -> HttpResponse:
     """GET /payments/: PaymentView, filtered by status, bank and currency; paginated."""
@@ -145,6 +190,7 @@ def payment_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
+@reads(DeclineProjection.name)
 @live_page(selectors.read_models_version)
 def declines(request: HttpRequest) -> HttpResponse:
     """GET /declines/: declines by code, bank and day, with a chart per day per code."""

@@ -26,7 +26,7 @@ from tests.amounts import BAD_AMOUNTS
 pytestmark = pytest.mark.django_db
 
 PAYMENT_FIELDS = {"id", "status", "amount", "currency", "reference", "settled_amount",
-                  "refunded_amount", "bank_name", "decline_code", "version"}
+                  "refunded_amount", "bank_name", "decline_code", "version", "position"}
 
 
 @pytest.fixture

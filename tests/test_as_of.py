@@ -474,7 +474,8 @@ def test_a_command_form_still_goes_back_to_the_current_state(browser: Client) ->
     response = browser.post(f"/payments/{payment_id}/refund/?as_of_version=0",
                             {"amount": "5.00", "expected_version": "3", "idempotency_key": key})
     assert response.status_code == 302
-    assert response["Location"] == f"/payments/{payment_id}/"
+    assert response["Location"] == (
+        f"/payments/{payment_id}/?after={get_event_store().head_position()}")
 
 
 # --- manage.py api ----------------------------------------------------------------------------

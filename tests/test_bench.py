@@ -29,6 +29,7 @@ ROWS = [
     r"HTTP GET /api/payments/\{id\}/",
     r"HTTP settles on one payment, 16 clients at once: accepted",
     r"HTTP settles on one payment, p99",
+    r"read your writes: GET /api/payments/\?after= at once after a create, p99",
     r"scale: rebuild [\d,]+ payments, one process each",
     r"scale: rebuild [\d,]+ payments, wall time",
     r"scale: GET /api/payments/\?status=settled, [\d,]+ payments, p99",

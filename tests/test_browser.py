@@ -152,7 +152,9 @@ class User:
         return {a for a in ACTIONS if self.all(f"#form-{a}")}
 
     def payment_id(self) -> str:
-        match = re.search(r"/payments/([0-9a-f-]{36})/$", self.driver.current_url)
+        # After a form, the page's address carries its event's position (?after=).
+        match = re.search(r"/payments/([0-9a-f-]{36})/(\?after=[0-9]+)?$",
+                          self.driver.current_url)
         assert match, self.driver.current_url
         return match.group(1)
 
@@ -214,7 +216,9 @@ def assert_bank_escaped(element: WebElement) -> None:
     assert not element.find_elements(By.CSS_SELECTOR, "*")
 
 
-def test_a_payment_through_its_life_and_a_decline(user: User, projection_runners) -> None:
+def test_a_payment_through_its_life_and_a_decline(user: User, projection_runners,
+                                                 settings) -> None:
+    settings.READ_YOUR_WRITES_TIMEOUT = WAIT  # the lists wait for the runners, up to this
     user.log_in(USERNAME, PASSWORD)
     user.screenshot("overview")
 
@@ -283,17 +287,18 @@ def test_a_payment_through_its_life_and_a_decline(user: User, projection_runners
     assert_bank_escaped(user.find("#payment-bank"))
     user.screenshot("detail-declined")
 
-    # The read models, kept by the runners in the background: the list...
+    # The read models, kept by the runners in the background. The nav's links carry the
+    # last command's position (?after=): the list waits for it, and shows it at once...
     user.find("#nav-payments").click()
 
     def row(payment_id: str) -> str:
         return f'#payments tr.payment-row[data-payment-id="{payment_id}"]'
 
-    user.refresh_until(lambda: bool(
-        user.all(row(paid)) and user.all(row(declined))
-        and "refunded" in user.find(row(paid)).text
-        and "declined" in user.find(row(declined)).text))
     assert user.page() == "payment-list"
+    assert re.search(r"/payments/\?after=[0-9]+$", user.driver.current_url)
+    assert not user.all("#stale-notice")
+    assert "refunded" in user.find(row(paid)).text
+    assert "declined" in user.find(row(declined)).text
     assert len(user.all("#payments tr.payment-row")) == 2
     for payment_id in (paid, declined):
         assert_bank_escaped(user.find(f"{row(payment_id)} td.bank"))
@@ -302,8 +307,8 @@ def test_a_payment_through_its_life_and_a_decline(user: User, projection_runners
 
     # ...the decline report...
     user.find("#nav-declines").click()
-    user.refresh_until(lambda: bool(user.all("#declines tr.decline-row")))
     assert user.page() == "declines"
+    assert not user.all("#stale-notice")
     [decline] = user.all("#declines tr.decline-row")
     assert decline.find_element(By.CSS_SELECTOR, "td:nth-child(2)").text == "05"
     assert decline.find_element(By.CSS_SELECTOR, "td.num").text == "1"

@@ -835,7 +835,8 @@ def test_text_and_amounts_through_the_forms(shared: Shared) -> None:
         check_outcome(verdict, accepted, what)
         assert before.appended() == (1 if accepted else 0), what
         if accepted:
-            payment_id = UUID(response["Location"].strip("/").split("/")[-1])
+            path = urllib.parse.urlsplit(response["Location"]).path
+            payment_id = UUID(path.strip("/").split("/")[-1])
             shared.touch(payment_id, True)
             payment = services.find_payment(payment_id=payment_id).payment
             stored = {"bank_name": payment.bank_name, "decline_code": payment.decline_code,

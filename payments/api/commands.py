@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from payments import services
 from payments.api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, service_key
 from payments.api.serializers import (
+    EVENT_POSITION_HEADER,
     AmountField,
     BankNameField,
     CommandSerializer,
@@ -35,12 +36,21 @@ from payments.api.serializers import (
     ExistingPaymentCommandSerializer,
     PaymentSerializer,
     ReferenceField,
+    command_headers,
 )
 from payments.domain import Payment
 
 PAYMENT_ID_PARAMETER = OpenApiParameter(
     "payment_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
     description="the payment's id; anything that is not a UUID is an unknown payment (404)",
+)
+
+
+EVENT_POSITION_PARAMETER = OpenApiParameter(
+    EVENT_POSITION_HEADER, OpenApiTypes.INT, OpenApiParameter.HEADER, response=[200, 201],
+    description="the event store position of the command's event (a replay: the original"
+                " event's), as the body's `position`; `GET /api/payments/?after=<it>` lists"
+                " the payments with this change applied",
 )
 
 
@@ -85,7 +95,7 @@ def command_schema(input_class: type[serializers.Serializer], *, operation_id: s
                    summary: str, description: str = "", created: bool = False) -> Any:
     """The schema of a command: its body, the payment it answers and its errors."""
     ok = {201: PaymentSerializer} if created else {200: PaymentSerializer}
-    parameters = [IDEMPOTENCY_KEY_PARAMETER]
+    parameters = [IDEMPOTENCY_KEY_PARAMETER, EVENT_POSITION_PARAMETER]
     if not created:
         parameters.append(PAYMENT_ID_PARAMETER)
     errors = {code: answer for code, answer in COMMAND_ERRORS.items()
@@ -135,14 +145,15 @@ class PaymentCreateApi(APIView):
 
     @command_schema(CreatePaymentSerializer, operation_id="payments_create",
                     summary="Create a payment", created=True,
-                    description="Answers 201 with the payment and its URL in `Location`.")
+                    description="Answers 201 with the payment, its URL in `Location` and its"
+                                " event's position in `X-Event-Position`.")
     @idempotent
     def post(self, request: Request) -> Response:
         data = validated(CreatePaymentSerializer, request)
         payment = services.create_payment(**data, idempotency_key=service_key(request))
         location = request.build_absolute_uri(reverse("api:payment-detail", args=[payment.id]))
         return Response(PaymentSerializer(payment).data, status=status.HTTP_201_CREATED,
-                        headers={"Location": location})
+                        headers={"Location": location, **command_headers(payment)})
 
 
 class PaymentCommandApi(APIView):
@@ -162,7 +173,7 @@ class PaymentCommandApi(APIView):
         payment = type(self).command(
             payment_id=payment_uuid, **data, idempotency_key=service_key(request)
         )
-        return Response(PaymentSerializer(payment).data)
+        return Response(PaymentSerializer(payment).data, headers=command_headers(payment))
 
 
 @extend_schema_view(post=command_schema(

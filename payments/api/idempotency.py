@@ -30,6 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from payments.api.serializers import EVENT_POSITION_HEADER
 from payments.domain import AmountExceedsBalance, InvalidInput, TransitionNotAllowed
 from payments.models import IdempotencyRecord
 from payments.services import IdempotencyKeyReused, PaymentNotFound, parse_idempotency_key
@@ -37,6 +38,8 @@ from payments.services import IdempotencyKeyReused, PaymentNotFound, parse_idemp
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _STORED_REFUSALS = (TransitionNotAllowed, AmountExceedsBalance, PaymentNotFound)
+# The headers of the first answer that a replay gives again (the rest are per response).
+_STORED_HEADERS = ("Location", EVENT_POSITION_HEADER)
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
@@ -86,7 +89,7 @@ def _replay(record: IdempotencyRecord, request_fingerprint: str) -> Response:
 
 def _store(request: Request, key: str, request_fingerprint: str, response: Response) -> Response:
     """Keep the first answer; if a concurrent twin stored one first, answer with that."""
-    headers = {"Location": response["Location"]} if response.has_header("Location") else {}
+    headers = {name: response[name] for name in _STORED_HEADERS if response.has_header(name)}
     try:
         with transaction.atomic():
             IdempotencyRecord.objects.create(

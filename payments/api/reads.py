@@ -2,15 +2,18 @@
 
 The detail asks the command service (the stream is authoritative and always
 current); the lists read the projections' tables, which may lag the store by a
-moment. This is the only part of ``payments`` that knows the read models.
+moment: given ``?after=<position>`` (a command's answer) they first wait for it
+(``projections.read_your_writes``). This is the only part of ``payments`` that knows
+the read models.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import django_filters
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.pagination import PageNumberPagination
@@ -29,7 +32,9 @@ from payments.api.serializers import (
 )
 from payments.domain import InvalidInput, PaymentStatus, parse_currency, parse_decline_code
 from payments.history import API_MAX_PAGE_SIZE, API_PAGE_SIZE, PageParameterError, exact_page
+from projections import read_your_writes
 from projections.models import DeclineView, PaymentView
+from projections.projectors import DeclineProjection, PaymentProjection
 
 LIST_ERRORS = {
     400: COMMAND_ERRORS[400],
@@ -101,8 +106,10 @@ class PaymentListItemSerializer(serializers.ModelSerializer):
     class Meta:
         model = PaymentView
         fields = ["id", "status", "amount", "currency", "reference", "settled_amount",
-                  "refunded_amount", "bank_name", "decline_code", "version", "created_at",
-                  "updated_at"]
+                  "refunded_amount", "bank_name", "decline_code", "version", "position",
+                  "created_at", "updated_at"]
+        extra_kwargs = {"position": {"help_text": "the event store position of the last"
+                                                  " event the projection applied to this row"}}
 
 
 class DeclineSerializer(serializers.ModelSerializer):
@@ -113,8 +120,48 @@ class DeclineSerializer(serializers.ModelSerializer):
         fields = ["decline_code", "bank_name", "date", "count"]
 
 
-class PaymentListApi(generics.ListAPIView):
+AFTER_PARAMETER = OpenApiParameter(
+    read_your_writes.AFTER,
+    {"type": "integer", "minimum": 0, "maximum": read_your_writes.MAX_POSITION},
+    OpenApiParameter.QUERY,
+    description="read your writes: the `position` (or `X-Event-Position`) a command answered."
+                " The list waits until its projection has applied that event, at most the"
+                " server's READ_YOUR_WRITES_TIMEOUT (2 s by default); if it has not by then,"
+                " the list is answered anyway, marked `X-Read-Model-Stale: true`. Not a whole"
+                " number, or beyond the event store's last position: 400.",
+)
+FRESHNESS_HEADERS = [
+    OpenApiParameter(
+        read_your_writes.STALE_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,
+        response=[200], enum=["true", "false"],
+        description="only with `after`: `true` when the projection had not applied that event"
+                    " within the bound (the list may not show it), else `false`"),
+    OpenApiParameter(
+        read_your_writes.POSITION_HEADER, OpenApiTypes.INT, OpenApiParameter.HEADER,
+        response=[200],
+        description="only with `after`: the projection's checkpoint when the list was read"
+                    " (every event up to it is applied)"),
+]
+
+
+class ProjectionListApi(generics.ListAPIView):
+    """A list of a read model: honours ``?after=`` (read your writes) before it queries."""
+
+    projection: ClassVar[str]
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        freshness = read_your_writes.wait_until_applied(
+            [self.projection], request.query_params.get(read_your_writes.AFTER))
+        response = super().list(request, *args, **kwargs)
+        for name, value in read_your_writes.headers(freshness).items():
+            response[name] = value
+        return response
+
+
+class PaymentListApi(ProjectionListApi):
     """GET /api/payments/: the PaymentView read model, newest change first."""
+
+    projection = PaymentProjection.name
 
     queryset = PaymentView.objects.order_by("-updated_at", "payment_id")
     serializer_class = PaymentListItemSerializer
@@ -123,15 +170,19 @@ class PaymentListApi(generics.ListAPIView):
 
     @extend_schema(operation_id="payments_list", summary="List payments (read model)",
                    description="The PaymentView read model, newest change first; it may lag"
-                               " the event store by a moment (the detail never does).",
+                               " the event store by a moment (the detail never does): pass"
+                               " `after` to read it with your own change.",
+                   parameters=[AFTER_PARAMETER, *FRESHNESS_HEADERS],
                    responses={200: PaymentListItemSerializer(many=True), **LIST_ERRORS},
                    tags=["payments"])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
 
-class DeclineListApi(generics.ListAPIView):
+class DeclineListApi(ProjectionListApi):
     """GET /api/declines/: the DeclineView read model, newest date first."""
+
+    projection = DeclineProjection.name
 
     queryset = DeclineView.objects.order_by("-date", "decline_code", "bank_name")
     serializer_class = DeclineSerializer
@@ -139,6 +190,9 @@ class DeclineListApi(generics.ListAPIView):
     pagination_class = Pagination
 
     @extend_schema(operation_id="declines_list", summary="Declines by code, bank and date",
+                   description="The DeclineView read model, newest date first; pass `after`"
+                               " to read it with your own change.",
+                   parameters=[AFTER_PARAMETER, *FRESHNESS_HEADERS],
                    responses={200: DeclineSerializer(many=True), **LIST_ERRORS},
                    tags=["declines"])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

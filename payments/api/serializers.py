@@ -31,6 +31,12 @@ from payments.history import API_PAGE_SIZE
 from payments.services import AsOf, HistoryEntry, PaymentWithHistory
 
 MONEY = {"max_digits": 14, "decimal_places": 2}
+# On every command's answer: the store position of the payment's event, the value a list
+# read passes as ``?after=`` to see the change (read your writes).
+EVENT_POSITION_HEADER = "X-Event-Position"
+POSITION_HELP = ("the event store position of the last event folded into this state (a"
+                 " command's answer: its own event's); pass it as `?after=` to a list to read"
+                 " it with this change")
 
 
 class DomainField(serializers.Field):
@@ -167,7 +173,13 @@ def payment_json(payment: Payment) -> dict[str, Any]:
         "bank_name": payment.bank_name,
         "decline_code": payment.decline_code,
         "version": payment.version,
+        "position": payment.position,
     }
+
+
+def command_headers(payment: Payment) -> dict[str, str]:
+    """The headers of a command's answer: where its event is in the store."""
+    return {EVENT_POSITION_HEADER: str(payment.position)}
 
 
 def event_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -243,6 +255,7 @@ class PaymentSerializer(serializers.Serializer):
     bank_name = serializers.CharField(allow_null=True)
     decline_code = serializers.CharField(allow_null=True)
     version = serializers.IntegerField(help_text="stream version of the last event (from 0)")
+    position = serializers.IntegerField(help_text=POSITION_HELP)
 
 
 class PaymentEventSerializer(serializers.Serializer):
