@@ -212,7 +212,7 @@ POSTGRES_SUITES = [
     "tests/test_runner_failures.py", "tests/test_history_pages.py", "tests/test_web_hardening.py",
     "tests/test_hostile_input.py", "tests/test_esdb_cluster.py",
     "tests/test_runner_foreign_traffic.py", "tests/test_rebuild.py", "tests/test_as_of.py",
-    "tests/test_event_versions.py",
+    "tests/test_event_versions.py", "tests/test_tracing.py",
 ]
 PG_USER = "payments"
 PG_DATABASE = "paymentsite"

@@ -40,6 +40,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "payments",
     "projections",
+    # The project's own start-up: traces when the environment asks (paymentsite/tracing.py).
+    "paymentsite.apps.PaymentsiteConfig",
 ]
 
 MIDDLEWARE = [
