@@ -9,6 +9,10 @@ commit per command on a bare SQLite file in the same folder, the row as large as
 event (data and metadata) but with no index and no work around it. It prints both rates
 and their ratio; the target is a ratio of at least 0.8.
 
+It also runs the service with a log line per command, and with tracing on (a span per
+command, a BatchSpanProcessor exporting nowhere: the spans' own cost, not a collector's),
+each against the plain service in the same round.
+
 Between the two it also measures the same life cycle's commits straight into a table
 of the store's own schema, with the store's own statements (``UNIQUE (stream,
 version)``, the version check inside the insert) and no Python around them: what the
@@ -27,7 +31,7 @@ import logging
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,12 @@ from harness import setup_django, step
 FOLDER = setup_django()
 
 from django.conf import settings  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import (  # noqa: E402
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 
 from payments import services  # noqa: E402
 from payments.eventstore.embedded import (  # noqa: E402
@@ -48,6 +58,7 @@ from payments.eventstore.embedded import (  # noqa: E402
     _category,
 )
 from payments.eventstore.instrumented import InstrumentedEventStore  # noqa: E402
+from paymentsite import tracing  # noqa: E402
 from paymentsite.logging import JsonFormatter  # noqa: E402
 
 
@@ -68,6 +79,26 @@ def command_log_lines(path: Path) -> Iterator[None]:
         service_logger.setLevel(level)
         service_logger.propagate = propagate
         handler.close()
+
+
+class _Discard(SpanExporter):
+    """An exporter that sends nowhere."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+@contextmanager
+def traced() -> Iterator[None]:
+    """Tracing on for the block, as paymentsite/tracing.py sets it up in production."""
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    tracing.instrument(provider, environ={})
+    try:
+        yield
+    finally:
+        tracing.uninstrument()
+        provider.shutdown()
 
 
 def service_run(folder: Path, payments: int, name: str = "events", *,
@@ -166,6 +197,7 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
     logged: list[float] = []
     metered: list[float] = []
     cpu: dict[bool, list[float]] = {False: [], True: []}  # microseconds per command
+    traced_: list[float] = []
     # Interleave the rounds so that a burst of disk noise hits both sides alike.
     for round_ in range(rounds):
         folder = FOLDER / f"round-{round_}"
@@ -181,13 +213,16 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
                 cpu[metrics].append(cpu_us)
             with command_log_lines(folder / "commands.log"):
                 logged.append(service_rate(folder, payments, "events-logged"))
+            with traced():
+                traced_.append(service_rate(folder, payments, "events-traced"))
     return {"commands": 3 * payments, "ceiling_rate": max(ceiling),
             "schema_rate": max(schema), "service_rate": max(service),
             "logged_rate": max(logged), "metered_rate": max(metered),
             "ceiling_runs": ceiling, "schema_runs": schema, "service_runs": service,
             "logged_runs": logged, "metered_runs": metered,
             "service_cpu_us": statistics.median(cpu[False]),
-            "metered_cpu_us": statistics.median(cpu[True])}
+            "metered_cpu_us": statistics.median(cpu[True]),
+            "traced_rate": max(traced_), "traced_runs": traced_}
 
 
 def main() -> None:
@@ -207,6 +242,9 @@ def main() -> None:
           + ", ".join(f"{r:.0f}" for r in f["logged_runs"]) + ")")
     print(f"... with metrics:            {f['metered_rate']:8.0f} commands/s (runs: "
           + ", ".join(f"{r:.0f}" for r in f["metered_runs"]) + ")")
+    print(f"... with tracing on:         {f['traced_rate']:8.0f} commands/s (runs: "
+          + ", ".join(f"{r:.0f}" for r in f["traced_runs"]) + ")")
+    print(f"ratio traced / service:      {f['traced_rate'] / f['service_rate']:8.2f}")
     print(f"ratio schema / ceiling:      {f['schema_rate'] / f['ceiling_rate']:8.2f}"
           "  (the most a service on this schema could reach)")
     print(f"ratio service / ceiling:     {f['service_rate'] / f['ceiling_rate']:8.2f}"

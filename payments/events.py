@@ -9,7 +9,7 @@ Plain Python: the projections import this module, and so may any other reader.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -137,11 +137,21 @@ def encode_data(event: PaymentEvent) -> bytes:
     ).encode()
 
 
-def encode_metadata(*, correlation_id: UUID, causation_id: UUID) -> bytes:
-    """Metadata in EventStoreDB's convention, plus the schema version of the data."""
+def encode_metadata(
+    *, correlation_id: UUID, causation_id: UUID, trace_context: Mapping[str, str] | None = None
+) -> bytes:
+    """Metadata in EventStoreDB's convention, plus the schema version of the data.
+
+    ``trace_context``: the W3C headers of the command's span (``traceparent``, and
+    ``tracestate`` if any), so that a reader's span can link back to the command; given
+    only while tracing is on. The schema version stays the last key: ``_schema_version``
+    reads it from the end.
+    """
     # UUIDs print as plain hex and dashes: no JSON escaping needed (this is a hot path).
+    traced = "".join(f"{json.dumps(name)}:{json.dumps(value)},"
+                     for name, value in trace_context.items()) if trace_context else ""
     return (
-        f'{{"$correlationId":"{correlation_id}","$causationId":"{causation_id}",'
+        f'{{"$correlationId":"{correlation_id}","$causationId":"{causation_id}",{traced}'
         f'"schemaVersion":{SCHEMA_VERSION}}}'
     ).encode()
 

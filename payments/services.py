@@ -29,11 +29,11 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from django.conf import settings
@@ -76,6 +76,9 @@ from payments.eventstore import (
     get_event_store,
 )
 from paymentsite.metrics import observe_command
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +405,85 @@ def parse_as_of_time(value: datetime | str) -> datetime:
         raise InvalidInput("as_of", "is out of range (years 1 to 9999 in UTC)") from None
 
 
+# --- traces ----------------------------------------------------------------------------
+#
+# A command's span, "payment.<action>", marks its steps with events (loaded, decided,
+# appended, lost_race: an event costs a tenth of a span of its own), and its W3C trace
+# context goes into its event's metadata (docs/ARCHITECTURE.md, "Traces").
+# paymentsite/tracing.py sets the tracer when the environment configures an exporter; None,
+# the default, leaves the command path as it was: no span, the metadata byte for byte as
+# before, nothing of OpenTelemetry imported.
+
+_tracer: Tracer | None = None
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+def trace_commands(tracer: Tracer | None) -> None:
+    """Give every command a span from ``tracer`` from now on (None: no spans)."""
+    global _tracer
+    _tracer = tracer
+
+
+def _command_span(action: str, payment_id: UUID) -> AbstractContextManager[Span | None]:
+    """The command's span, the current one (over HTTP, a child of the request's), while
+    tracing is on; nothing while off. Its outcome is ``_end_span``'s to say."""
+    tracer = _tracer
+    if tracer is None:
+        return _NO_SPAN
+    return tracer.start_as_current_span(
+        f"payment.{action}", attributes={"payment.id": str(payment_id), "payment.action": action},
+        record_exception=False, set_status_on_exception=False,
+    )
+
+
+def _step(name: str, attempt: int | None = None) -> None:
+    """A step of the command, as an event on its span; nothing while off."""
+    if _tracer is None:
+        return
+    from opentelemetry.trace import get_current_span
+
+    get_current_span().add_event(name, None if attempt is None else {"attempt": attempt})
+
+
+def _end_span(
+    span: Span | None,
+    outcome: str,
+    *,
+    event_type: str | None = None,
+    version: int | None = None,
+    position: int | None = None,
+    error: Exception | None = None,
+) -> None:
+    """The command span's outcome; only a failure of the system (not a refusal by the
+    rules, nor a conflict: those are answers) marks it an error."""
+    if span is None:
+        return
+    attributes: dict[str, str | int] = {"payment.outcome": outcome}
+    if event_type is not None:
+        attributes["payment.event_type"] = event_type
+    if version is not None:
+        attributes["payment.version"] = version
+    if position is not None:
+        attributes["payment.position"] = position
+    span.set_attributes(attributes)
+    if error is not None and outcome in ("unavailable", "error"):
+        from opentelemetry.trace import StatusCode
+
+        span.record_exception(error)
+        span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+
+
+def _trace_context() -> dict[str, str] | None:
+    """The current span's W3C headers, for the event's metadata; None while off."""
+    if _tracer is None:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    headers: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(headers)
+    return headers
+
+
 # --- the one command loop ------------------------------------------------------------
 
 
@@ -608,6 +690,7 @@ def _current_state(
             return cached, None
     try:
         loaded = _load(store, payment_id)
+        _step("payment.loaded")
     except PaymentNotFound:
         if creates:
             return None, None
@@ -635,15 +718,22 @@ def _run(
     Parsing happens here so that a command refused for bad input is logged too.
     """
     started = time.perf_counter()
-    try:
-        payment, event_type = _decide_and_append(
-            store, payment_id, action, parse(), decide, idempotency_key=idempotency_key,
-            correlation_id=correlation_id, expected_version=expected_version, creates=creates,
-        )
-    except Exception as e:
-        _log_command(*_failure(e), action, payment_id, started, reason=e)
-        raise
-    _log_command(logging.INFO, "ok" if event_type else "replayed", action, payment_id, started,
+    with _command_span(action, payment_id) as span:
+        try:
+            payment, event_type, position = _decide_and_append(
+                store, payment_id, action, parse(), decide, idempotency_key=idempotency_key,
+                correlation_id=correlation_id, expected_version=expected_version,
+                creates=creates,
+            )
+        except Exception as e:
+            level, outcome = _failure(e)
+            _end_span(span, outcome, error=e)
+            _log_command(level, outcome, action, payment_id, started, reason=e)
+            raise
+        outcome = "ok" if event_type else "replayed"
+        _end_span(span, outcome, event_type=event_type, version=payment.version,
+                  position=position)
+    _log_command(logging.INFO, outcome, action, payment_id, started,
                  event_type=event_type, version=payment.version)
     return payment
 
@@ -701,17 +791,19 @@ def _decide_and_append(
     correlation_id: UUID | None,
     expected_version: int | None,
     creates: bool,
-) -> tuple[Payment, str | None]:
+) -> tuple[Payment, str | None, int | None]:
     """In the payment's turn: load, decide, append with the version read; on a race
     lost to another process, back off and do it again, until the command's deadline.
 
-    Returns the payment and the appended event's type (None: a replay, nothing new).
+    Returns the payment, the appended event's type and its position (both None: a
+    replay, nothing new).
     """
     deadline = time.monotonic() + settings.COMMAND_DEADLINE
     stream = stream_name(payment_id)
     event_id, command_id = _command_ids(payment_id, action, request, idempotency_key)
     metadata = encode_metadata(
-        correlation_id=correlation_id or command_id, causation_id=command_id
+        correlation_id=correlation_id or command_id, causation_id=command_id,
+        trace_context=_trace_context(),
     )
     # An idempotency key must see the history; so must a caller's expected version
     # that differs from what we hold (it is checked against the store, not the cache).
@@ -724,7 +816,7 @@ def _decide_and_append(
                 creates=creates,
             )
             if replayed is not None:
-                return replayed, None
+                return replayed, None, None
             if expected_version is not None and current is not None \
                     and current.version != expected_version:
                 if not needs_history:
@@ -735,6 +827,7 @@ def _decide_and_append(
                     f" not {expected_version}; it is {current.status}"
                 )
             event = decide(current, request)
+            _step("payment.decided")
             new_event = NewEvent(
                 type=event.type_name, data=encode_data(event), metadata=metadata, id=event_id
             )
@@ -744,11 +837,13 @@ def _decide_and_append(
                 )
             except WrongExpectedVersion:
                 lost += 1
+                _step("payment.lost_race", lost)
                 logger.info("%s %s: lost a race to another process (attempt %d), backing off",
                             action, payment_id, lost)
                 _recent.forget(store, payment_id)
                 _back_off(payment_id, action, lost, deadline)
                 continue
+            _step("payment.appended")
             payment = replace(apply(current, event, result.version), position=result.position)
             _recent.put(store, payment)
-            return payment, event.type_name
+            return payment, event.type_name, result.position

@@ -22,6 +22,9 @@ bind = [os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")]
 workers = _int("WEB_CONCURRENCY", 2)
 worker_class = "gthread"  # as bench/http_load.py measured (docs/BENCHMARKS.md)
 threads = _int("GUNICORN_THREADS", 4)
+# Each worker loads the application after the fork: its tracing (paymentsite/tracing.py,
+# an exporter thread per process) and its database connections are its own.
+preload_app = False
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 keepalive = 5

@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "payments",
     "projections",
+    # The project's own start-up: traces when the environment asks (paymentsite/tracing.py).
+    "paymentsite.apps.PaymentsiteConfig",
 ]
 
 # Prometheus metrics (paymentsite/metrics.py, docs/OPERATIONS.md): off, nothing is

@@ -17,13 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from payments.events import EVENT_TYPES, decode_recorded
+from payments.events import EVENT_TYPES, EventDecodeError, decode_metadata, decode_recorded
 from payments.eventstore import (
     EventStore,
     EventStoreUnavailable,
@@ -37,6 +39,9 @@ from projections.models import Checkpoint, Rebuild
 from projections.projectors import Decoded, Projection, ProjectionError
 from projections.shadow import create_shadow_tables, swap_in_shadow_tables
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Link, Span, Tracer
+
 logger = logging.getLogger(__name__)
 
 FIRST_BACKOFF = 0.5  # seconds; doubled after each failed retry, up to MAX_BACKOFF
@@ -46,6 +51,46 @@ FIRST_EVENT_WAIT = 0.25  # seconds; also how often a stop request is noticed
 # categories' events): often enough that a restart skips them, rarely enough that a
 # store busy with other categories costs the read model's database little.
 CHECKPOINT_INTERVAL = 1.0
+# A batch's span links to the spans of the commands whose events it applied: to the
+# first this many of them (a catch-up's batch of 1,000 would otherwise carry 1,000 links;
+# OpenTelemetry's SDK keeps 128 by default too).
+MAX_LINKS = 128
+
+# Set by paymentsite/tracing.py when the environment configures an exporter (None: off,
+# no span and nothing of OpenTelemetry imported).
+_tracer: Tracer | None = None
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+def trace_batches(tracer: Tracer | None) -> None:
+    """Give every batch a span from ``tracer`` from now on (None: no spans)."""
+    global _tracer
+    _tracer = tracer
+
+
+def _command_links(batch: list[RecordedEvent], handles: Collection[str]) -> list[Link]:
+    """Links to the spans of the commands that appended the events a batch applies, read
+    from the W3C trace context in their metadata (the first ``MAX_LINKS``)."""
+    from opentelemetry.trace import Link, get_current_span
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    propagator = TraceContextTextMapPropagator()
+    links: list[Link] = []
+    for record in batch:
+        if record.type not in handles or b'"traceparent"' not in record.metadata:
+            continue
+        try:
+            metadata = decode_metadata(record.metadata)
+        except EventDecodeError:
+            continue  # not ours to judge here: decoding the event names what is wrong
+        headers = {name: value for name in ("traceparent", "tracestate")
+                   if isinstance(value := metadata.get(name), str)}
+        context = get_current_span(propagator.extract(headers)).get_span_context()
+        if context.is_valid:
+            links.append(Link(context, {"payment.position": record.position}))
+            if len(links) == MAX_LINKS:
+                break
+    return links
 
 
 class CheckpointMoved(Exception):
@@ -403,7 +448,8 @@ class ProjectionRunner:
         the runner stops naming the culprit.
         """
         try:
-            return self._commit_batch(batch, position, covered)
+            with self._batch_span(batch):
+                return self._commit_batch(batch, position, covered)
         except _ApplyFailed as e:
             if len(batch) == 1:
                 raise ProjectionError(self.name, batch[0], str(e)) from e.error
@@ -413,6 +459,20 @@ class ProjectionRunner:
             position = self._commit([record], position,
                                     covered if index == len(batch) - 1 else None)
         return position
+
+    def _batch_span(self, batch: list[RecordedEvent]) -> AbstractContextManager[Span | None]:
+        """The batch's span, linked to its commands'; none for a move past other events."""
+        tracer = _tracer
+        if tracer is None or not batch:
+            return _NO_SPAN
+        return tracer.start_as_current_span(
+            f"projection.{self.name}.batch",
+            links=_command_links(batch, self.projection.handles),
+            attributes={"projection.name": self.name, "projection.batch.count": len(batch),
+                        "projection.batch.first_position": batch[0].position,
+                        "projection.batch.last_position": batch[-1].position,
+                        "projection.rebuild": isinstance(self.checkpoint, ShadowCheckpoint)},
+        )
 
     def _commit_batch(
         self, batch: list[RecordedEvent], position: int, covered: int | None = None

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = [
     r"command service, sequential",
     r"the same, with its JSON log line per command",
+    r"the same, traced: a span per command",
     r"its commits alone: the events schema",
     r"rebuild both projections, one process each",
     r"rebuild both projections, one after the other",

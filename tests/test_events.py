@@ -114,6 +114,25 @@ def test_metadata_follows_eventstoredb_conventions() -> None:
     }
 
 
+def test_a_traced_commands_metadata_carries_its_trace_context_before_the_schema_version(
+) -> None:
+    """The W3C headers go in as JSON strings (a tracestate may hold quotes), and the
+    schema version stays the last key, which decoding reads from the end."""
+    trace_context = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                     "tracestate": 'vendor=a"b\\c'}
+    metadata = encode_metadata(correlation_id=REF_ID, causation_id=PAYMENT_ID,
+                               trace_context=trace_context)
+    assert metadata.endswith(b'"schemaVersion":2}')
+    assert decode_metadata(metadata) == {"$correlationId": str(REF_ID),
+                                         "$causationId": str(PAYMENT_ID), **trace_context,
+                                         "schemaVersion": 2}
+    assert encode_metadata(correlation_id=REF_ID, causation_id=PAYMENT_ID, trace_context={}) \
+        == encode_metadata(correlation_id=REF_ID, causation_id=PAYMENT_ID)
+    event = PaymentRefunded(payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("1.50"),
+                            refund_id=REF_ID)
+    assert decode_event(event.type_name, encode_data(event), metadata) == event
+
+
 def test_streams_are_named_per_payment_in_the_payments_category() -> None:
     assert stream_name(PAYMENT_ID) == "payments-0b9c4a52-6f0e-4f6b-9a59-7a4a0f3e2d11"
     assert payment_id_from_stream(stream_name(PAYMENT_ID)) == PAYMENT_ID
