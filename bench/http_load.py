@@ -251,6 +251,20 @@ def in_process_rates(folder: Path, payments: int) -> tuple[float, float]:
     return float(commands), float(finds)
 
 
+def prepare_site(env: dict[str, str]) -> str:
+    """Migrate and collect static files as a deploy would; a user's API token."""
+    with step("migrate, collectstatic, a user and its token"):
+        manage(env, "migrate", "--verbosity", "0")
+        manage(env, "collectstatic", "--noinput", "--verbosity", "0")
+        return manage(
+            env, "shell", "--no-imports", "-c",
+            "from django.contrib.auth import get_user_model;"
+            " from rest_framework.authtoken.models import Token;"
+            " user = get_user_model().objects.create_user('bench', password=None);"
+            " print(Token.objects.create(user=user).key)",
+        ).strip()
+
+
 def measure(*, seconds: float = 10.0, clients: int = 16, in_process_payments: int = 1000,
             contended_rounds: int = 5) -> dict[str, Any]:
     """Every figure of this benchmark, by name (rates per second, latencies in s)."""
@@ -258,16 +272,7 @@ def measure(*, seconds: float = 10.0, clients: int = 16, in_process_payments: in
     with tempfile.TemporaryDirectory(dir=ROOT / "var", prefix="bench-") as tmp:
         folder = Path(tmp)
         env = production_env(folder)
-        with step("migrate, collectstatic, a user and its token"):
-            manage(env, "migrate", "--verbosity", "0")
-            manage(env, "collectstatic", "--noinput", "--verbosity", "0")  # as a deploy would
-            token = manage(
-                env, "shell", "--no-imports", "-c",
-                "from django.contrib.auth import get_user_model;"
-                " from rest_framework.authtoken.models import Token;"
-                " user = get_user_model().objects.create_user('bench', password=None);"
-                " print(Token.objects.create(user=user).key)",
-            ).strip()
+        token = prepare_site(env)
         port = free_port()
         server = start_gunicorn(env, port)
         try:

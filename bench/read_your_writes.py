@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from harness import ROOT, percentile, step
-from http_load import PYTHON, Client, free_port, manage, production_env, start_gunicorn
+from http_load import (
+    PYTHON,
+    Client,
+    free_port,
+    prepare_site,
+    production_env,
+    start_gunicorn,
+)
 
 LIST = "/api/payments/?page_size=10"
 SEED = 100  # payments before the timed ones: a list with a page of rows to draw
@@ -49,16 +56,7 @@ def measure(*, samples: int = 300) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=ROOT / "var", prefix="bench-") as tmp:
         folder = Path(tmp)
         env = production_env(folder)
-        with step("migrate, collectstatic, a user and its token"):
-            manage(env, "migrate", "--verbosity", "0")
-            manage(env, "collectstatic", "--noinput", "--verbosity", "0")  # as a deploy would
-            token = manage(
-                env, "shell", "--no-imports", "-c",
-                "from django.contrib.auth import get_user_model;"
-                " from rest_framework.authtoken.models import Token;"
-                " user = get_user_model().objects.create_user('bench', password=None);"
-                " print(Token.objects.create(user=user).key)",
-            ).strip()
+        token = prepare_site(env)
         port = free_port()
         server = start_gunicorn(env, port)
         runner = subprocess.Popen([PYTHON, "manage.py", "run_projection", "payment"],

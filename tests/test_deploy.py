@@ -490,26 +490,32 @@ def test_multi_node_uri_opens_without_a_server() -> None:
         store.close()
 
 
-def test_gunicorn_serves_the_probes_and_stops_cleanly_on_sigterm(
-    configs: dict, tmp_path: Path
-) -> None:
-    """web's command and environment, on local files: what `docker stop web` does to it."""
-    import signal
+def web_env(configs: dict, tmp_path: Path, **extra: str) -> tuple[int, dict[str, str]]:
+    """A free port, and web's environment from the compose file on local files there."""
     import socket
-    import urllib.request
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {
+    return port, {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
         **configs["single"]["services"]["web"]["environment"],
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'events.sqlite3'}",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
+        **extra,
     }
+
+
+def test_gunicorn_serves_the_probes_and_stops_cleanly_on_sigterm(
+    configs: dict, tmp_path: Path
+) -> None:
+    """web's command and environment, on local files: what `docker stop web` does to it."""
+    import signal
+    import urllib.request
+
+    port, env = web_env(configs, tmp_path, WEB_CONCURRENCY="1")
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT,
                    env=env, check=True, timeout=120)
     command = configs["single"]["services"]["web"]["command"]
@@ -547,25 +553,13 @@ def test_gunicorn_workers_metrics_add_up_in_one_scrape(configs: dict, tmp_path: 
     more): one scrape counts the requests of all four processes, and an earlier run's
     file in the folder is gone."""
     import signal
-    import socket
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     folder = tmp_path / "prometheus"
     folder.mkdir()
     (folder / "counter_1.db").write_bytes(b"an earlier run's file: emptied at start")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        **configs["single"]["services"]["web"]["environment"],
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "EVENTSTORE_URI": f"sqlite:///{tmp_path / 'events.sqlite3'}",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(folder),
-    }
+    port, env = web_env(configs, tmp_path, WEB_CONCURRENCY="2",
+                        PROMETHEUS_MULTIPROC_DIR=str(folder))
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True,
                    timeout=120)
