@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -302,8 +302,11 @@ def throwaway_postgres(bindir: Path) -> Iterator[tuple[str, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def postgres_run(env: dict[str, str]) -> None:
-    """The read-model suites again, on a PostgreSQL server of their own."""
+@contextlib.contextmanager
+def postgres_run(env: dict[str, str]) -> Iterator[Callable[[], None]]:
+    """The read-model suites again, on a PostgreSQL server of their own, in a process
+    started on entry (beside the SQLite run: two cores, two suites); the function yielded
+    waits for it, prints its output and stops on its failure."""
     bindir = postgres_bindir()
     if bindir is None:
         print("\n== PostgreSQL run: SKIPPED, no PostgreSQL server is installed"
@@ -312,13 +315,33 @@ def postgres_run(env: dict[str, str]) -> None:
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             sys.exit("REQUIRE_POSTGRES=1 but no PostgreSQL server was found"
                      " (pg_config --bindir, /usr/lib/postgresql/*/bin)")
+        yield lambda: None
         return
-    with throwaway_postgres(bindir) as (version, url):
-        print(f"\n== PostgreSQL {version} run == ({bindir}, {url})", flush=True)
-        started = time.monotonic()
-        sh(PYTHON, "-m", "pytest", *POSTGRES_SUITES, env={**env, "DATABASE_URL": url})
-        print(f"== PostgreSQL {version} run passed in {time.monotonic() - started:.0f} s ==",
+    with throwaway_postgres(bindir) as (version, url), \
+            tempfile.TemporaryFile("w+") as output:
+        print(f"== PostgreSQL {version} run started beside it == ({bindir}, {url})",
               flush=True)
+        started = time.monotonic()
+        suite = subprocess.Popen(
+            [str(PYTHON), "-m", "pytest", *POSTGRES_SUITES], cwd=ROOT,
+            env={**env, "DATABASE_URL": url}, stdout=output, stderr=subprocess.STDOUT)
+
+        def finish() -> None:
+            code = suite.wait()
+            output.seek(0)
+            print(f"\n== PostgreSQL {version} run ==", flush=True)
+            sys.stdout.write(output.read())
+            if code != 0:
+                sys.exit(code)
+            print(f"== PostgreSQL {version} run passed in {time.monotonic() - started:.0f} s"
+                  " ==", flush=True)
+
+        try:
+            yield finish
+        finally:
+            if suite.poll() is None:  # the SQLite run failed: this one is not waited for
+                suite.kill()
+                suite.wait()
 
 
 def test(pytest_args: list[str]) -> None:
@@ -326,16 +349,18 @@ def test(pytest_args: list[str]) -> None:
     sh(PYTHON, "-m", "ruff", "check", ".")
     # Tests never depend on a developer's .env; settings are read before any conftest.
     env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "tests-only-not-a-secret"}
-    print("\n== SQLite run ==", flush=True)
-    started = time.monotonic()
-    sh(PYTHON, "-m", "pytest", *pytest_args,
-       env={**env, "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db.sqlite3'}"})
-    print(f"== SQLite run passed in {time.monotonic() - started:.0f} s ==", flush=True)
+    sqlite = {**env, "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'db.sqlite3'}"}
     if pytest_args:
+        sh(PYTHON, "-m", "pytest", *pytest_args, env=sqlite)
         print("== PostgreSQL run and mutation run: skipped, pytest arguments were given"
               " (python3 dev.py test alone runs them) ==")
         return
-    postgres_run(env)
+    with postgres_run(env) as finish_postgres:
+        print("\n== SQLite run ==", flush=True)
+        started = time.monotonic()
+        sh(PYTHON, "-m", "pytest", env=sqlite)
+        print(f"== SQLite run passed in {time.monotonic() - started:.0f} s ==", flush=True)
+        finish_postgres()
     # The money rules: every mutant of the domain must be killed or listed as equivalent
     # (docs/TESTING.md). The other core files take minutes each: python3 dev.py mutate.
     print("\n== mutation run: payments/domain.py ==", flush=True)
