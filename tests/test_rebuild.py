@@ -210,7 +210,8 @@ def test_a_live_runner_behind_the_swap_goes_on_from_the_new_checkpoint() -> None
         swapped_at = Checkpoint.objects.get(name="payment").position
         release.set()
         later = some_payments(1)
-        while not PaymentView.objects.filter(payment_id=later[0].id).exists():
+        head = store.head_position()  # every event of that payment, not only its first
+        while Checkpoint.objects.get(name="payment").position < head:
             assert thread.is_alive()
             assert not errors, errors
             first_batch_done.wait(0.05)
@@ -220,6 +221,7 @@ def test_a_live_runner_behind_the_swap_goes_on_from_the_new_checkpoint() -> None
         thread.join(30)
     assert not errors
     assert Checkpoint.objects.get(name="payment").position > swapped_at
+    assert PaymentView.objects.get(payment_id=later[0].id).status == later[0].status
     expected = snapshot()
     call_command("run_projection", "payment", "--once", "--reset", stdout=StringIO())
     assert snapshot() == expected
