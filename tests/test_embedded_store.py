@@ -12,16 +12,22 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from payments.eventstore import (
+    AppendResult,
     EventStoreUnavailable,
+    ExpectedVersion,
     NewEvent,
     StreamNotFound,
     StreamState,
@@ -237,20 +243,25 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
                                 reason="needs /proc/self/fd (Linux)")
 
 
+def fail_log_writes(store: EmbeddedEventStore) -> None:
+    """Every connection's log file (open now) fails every write, as a full device would."""
+    full = os.open("/dev/full", os.O_RDWR)
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == f"{store.path}-wal":
+                    os.dup2(full, int(fd))
+    finally:
+        os.close(full)
+
+
 @needs_proc
 def test_a_connection_that_hit_an_io_error_is_replaced_by_a_fresh_one(tmp_path: Path) -> None:
     """The connection's log file now fails every write (as a stale or full device would):
     the append says unavailable, and the retry opens the files again and succeeds."""
     with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=1.0) as store:
         store.append("payments-a", [new_event()], StreamState.NO_STREAM)
-        full = os.open("/dev/full", os.O_RDWR)
-        try:
-            for fd in os.listdir("/proc/self/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/self/fd/{fd}") == f"{store.path}-wal":
-                        os.dup2(full, int(fd))
-        finally:
-            os.close(full)
+        fail_log_writes(store)
         retried = new_event()
         with pytest.raises(EventStoreUnavailable, match="database or disk is full"):
             store.append("payments-a", [retried], 0)
@@ -352,6 +363,280 @@ def test_a_store_opened_directly_waits_as_long_as_one_opened_by_uri(tmp_path: Pa
     path = tmp_path / "events.sqlite3"
     with EmbeddedEventStore(path) as direct, open_event_store(f"sqlite:///{path}") as by_uri:
         assert direct.timeout == by_uri.timeout
+
+
+# --- group commit: appends of threads that wait meanwhile share one transaction -------
+
+Request = tuple[str, list[NewEvent], ExpectedVersion]
+Answer = AppendResult | Exception
+
+
+def in_line(store: EmbeddedEventStore, count: int) -> None:
+    """Wait until ``count`` appends are in line: one leads, the others queue behind it."""
+    deadline = time.monotonic() + 10
+    while not (store._leading and len(store._queue) == count - 1):
+        assert time.monotonic() < deadline, f"{len(store._queue)} appends queued"
+        time.sleep(0.001)
+
+
+def appended_as_one_group(
+    store: EmbeddedEventStore, requests: list[Request],
+    meanwhile: Callable[[], None] = lambda: None,
+) -> tuple[list[Answer], list[str]]:
+    """Each request appended by a thread of its own, in this order, while the test holds
+    the lock-file descriptor's lock: the first thread leads and waits for it, the others
+    queue behind it; then (after ``meanwhile``) the leader takes them all. Each thread's
+    answer, in order, and the statements SQLite ran meanwhile (every thread opened its
+    connection before it got in line)."""
+    answers: list[Answer | None] = [None] * len(requests)
+
+    def append(n: int) -> None:
+        try:
+            answers[n] = store.append(*requests[n])
+        except Exception as e:  # the answer under test
+            answers[n] = e
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(len(requests))]
+    statements: list[str] = []
+    with store._writer:
+        for n, thread in enumerate(threads):
+            thread.start()
+            in_line(store, n + 1)  # so the queue's order is the requests' order
+        for connection in store._connections:
+            connection.set_trace_callback(statements.append)
+        meanwhile()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    for connection in store._connections:
+        connection.set_trace_callback(None)
+    assert all(answer is not None for answer in answers)
+    return answers, statements  # type: ignore[return-value]
+
+
+TRANSACTIONS = ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+
+
+def test_appends_that_wait_meanwhile_share_one_commit_and_each_hears_its_own_answer(
+    tmp_path: Path,
+) -> None:
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=30) as store:
+        moved_on = [new_event()]
+        before = store.append("payments-moved", moved_on, StreamState.NO_STREAM).position
+        commits = store.commits
+        requests: list[Request] = [
+            ("payments-a", [new_event(), new_event()], StreamState.NO_STREAM),
+            ("payments-moved", [new_event()], StreamState.NO_STREAM),  # wrong: it exists
+            ("payments-moved", moved_on, StreamState.NO_STREAM),  # a retry: a replay
+            ("payments-moved", [new_event()], 0),
+            ("payments-b", [new_event()], StreamState.ANY),
+        ]
+        answers, statements = appended_as_one_group(store, requests)
+
+        assert [s for s in statements if s in TRANSACTIONS] == ["BEGIN IMMEDIATE", "COMMIT"]
+        assert statements.count("SAVEPOINT request") == 1  # for the one of two events
+        assert store.commits == commits + 1
+        assert answers[0] == AppendResult(version=1, position=before + 2)
+        assert isinstance(answers[1], WrongExpectedVersion)
+        assert (answers[1].expected, answers[1].actual) == (StreamState.NO_STREAM, 0)
+        assert answers[2] == AppendResult(version=0, position=before)
+        assert answers[3] == AppendResult(version=1, position=before + 3)
+        assert answers[4] == AppendResult(version=0, position=before + 4)
+        assert [(e.stream, e.version, e.id) for e in store.read_all(after=before)] == [
+            ("payments-a", 0, requests[0][1][0].id), ("payments-a", 1, requests[0][1][1].id),
+            ("payments-moved", 1, requests[3][1][0].id), ("payments-b", 0, requests[4][1][0].id),
+        ]
+
+
+def test_the_leader_s_own_append_can_fail_and_the_group_still_commits(tmp_path: Path) -> None:
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=30) as store:
+        store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+        answers, statements = appended_as_one_group(store, [
+            ("payments-a", [new_event()], 3),  # the first thread's: it leads
+            ("payments-b", [new_event()], StreamState.NO_STREAM),
+        ])
+        assert isinstance(answers[0], WrongExpectedVersion)
+        assert (answers[0].expected, answers[0].actual) == (3, 0)
+        assert answers[1] == AppendResult(version=0, position=2)
+        assert [s for s in statements if s in TRANSACTIONS] == ["BEGIN IMMEDIATE", "COMMIT"]
+        assert [(e.stream, e.version) for e in store.read_all()] == [
+            ("payments-a", 0), ("payments-b", 0)]
+
+
+def test_a_group_that_writes_nothing_is_rolled_back_not_committed(tmp_path: Path) -> None:
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=30) as store:
+        first = [new_event()]
+        store.append("payments-a", first, StreamState.NO_STREAM)
+        commits = store.commits
+        answers, statements = appended_as_one_group(store, [
+            ("payments-a", first, StreamState.NO_STREAM),
+            ("payments-a", [new_event()], 4),
+        ])
+        assert answers[0] == AppendResult(version=0, position=1)
+        assert isinstance(answers[1], WrongExpectedVersion)
+        assert [s for s in statements if s in TRANSACTIONS] == ["BEGIN IMMEDIATE", "ROLLBACK"]
+        assert store.commits == commits
+        assert len(store.read_all()) == 1
+
+
+def test_a_failing_append_leaves_none_of_its_rows_in_the_group_s_commit(tmp_path: Path) -> None:
+    """Its first event went in before its second collided with a row another tool wrote
+    (version 2, past a gap), or before its second turned out to be no event at all: its
+    savepoint takes the first back, and the appends around it commit."""
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=30) as store:
+        store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+            db.execute(
+                "INSERT INTO events (event_id, stream, category, version, type, data, metadata,"
+                " recorded_at) VALUES (?, 'payments-a', 'payments', 2, 'Repaired', x'7b7d',"
+                " x'7b7d', 0)", (uuid4().bytes,))
+        not_an_event = NewEvent(type="PaymentCreated", data=b"{}", id=None)  # type: ignore[arg-type]
+        answers, _ = appended_as_one_group(store, [
+            ("payments-b", [new_event()], StreamState.NO_STREAM),
+            ("payments-a", [new_event(), new_event()], 0),
+            ("payments-c", [new_event(), not_an_event], StreamState.NO_STREAM),
+            ("payments-d", [new_event()], StreamState.NO_STREAM),
+        ])
+        assert answers[0] == AppendResult(version=0, position=3)
+        assert isinstance(answers[1], WrongExpectedVersion)
+        assert isinstance(answers[2], AttributeError)
+        assert answers[3] == AppendResult(version=0, position=4)
+        assert [(e.stream, e.version) for e in store.read_all(after=2)] == [
+            ("payments-b", 0), ("payments-d", 0)]
+        assert [r.version for r in store.read_stream("payments-a")] == [0, 2]
+
+
+@needs_proc
+def test_a_group_whose_commit_fails_tells_every_append_unavailable(tmp_path: Path) -> None:
+    """The log file fails every write (as a full device would): the transaction is lost,
+    so each append hears what a lone one would, and nothing was written; the leader's
+    connection is dropped (the next call of its thread opens a fresh one)."""
+    path = tmp_path / "events.sqlite3"
+    with EmbeddedEventStore(path, timeout=30) as store:
+        store.append("payments-a", [new_event()], StreamState.NO_STREAM)
+        requests: list[Request] = [(f"payments-{n}", [new_event()], StreamState.NO_STREAM)
+                                   for n in range(3)]
+        answers, _ = appended_as_one_group(store, requests, lambda: fail_log_writes(store))
+        assert [type(a) for a in answers] == [EventStoreUnavailable] * 3
+        [why] = {str(a) for a in answers}
+        assert why.startswith(f"embedded event store {path} is unavailable: ")
+        assert len(store._connections) == 3  # the main thread's and the followers'
+    with EmbeddedEventStore(path) as fresh:
+        assert [e.stream for e in fresh.read_all()] == ["payments-a"]
+        assert [fresh.append(*request).version for request in requests] == [0, 0, 0]
+
+
+class Interrupting:
+    """An event whose id interrupts whoever reads it, as Ctrl-C would the leader."""
+
+    type, data, metadata = "PaymentCreated", b"{}", b"{}"
+
+    @property
+    def id(self) -> UUID:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_leader_raises_and_its_followers_hear_unavailable(tmp_path: Path) -> None:
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=30) as store:
+        interrupted: list[BaseException] = []
+
+        def lead() -> None:
+            try:
+                store.append("payments-a", [Interrupting()],  # type: ignore[list-item]
+                             StreamState.NO_STREAM)
+            except BaseException as e:  # the thread's outcome under test
+                interrupted.append(e)
+
+        leader = threading.Thread(target=lead)
+        answers: list[Answer] = []
+        followers = [threading.Thread(target=lambda n=n: answers.append(_answer(
+            store, (f"payments-{n}", [new_event()], StreamState.NO_STREAM)))) for n in range(2)]
+        with store._writer:
+            leader.start()
+            in_line(store, 1)
+            for n, follower in enumerate(followers):
+                follower.start()
+                in_line(store, n + 2)
+        for thread in (leader, *followers):
+            thread.join(30)
+        assert [type(e) for e in interrupted] == [KeyboardInterrupt]
+        assert [type(a) for a in answers] == [EventStoreUnavailable] * 2
+        assert all("the append was interrupted (KeyboardInterrupt())" in str(a) for a in answers)
+        assert store.read_all() == []
+        assert store.append("payments-a", [new_event()], StreamState.NO_STREAM).version == 0
+
+
+def _answer(store: EmbeddedEventStore, request: Request) -> Answer:
+    try:
+        return store.append(*request)
+    except Exception as e:  # the answer under test
+        return e
+
+
+def test_an_append_that_waits_past_its_timeout_for_a_leader_leaves_the_queue(
+    tmp_path: Path,
+) -> None:
+    with EmbeddedEventStore(tmp_path / "events.sqlite3", timeout=0.2) as store:
+        answers: list[Answer] = []
+        threads = [threading.Thread(target=lambda n=n: answers.append(_answer(
+            store, (f"payments-{n}", [new_event()], StreamState.NO_STREAM)))) for n in range(2)]
+        with store._writer:  # the first thread leads and waits for it; the second queues
+            for n, thread in enumerate(threads):
+                thread.start()
+                in_line(store, n + 1)
+            for thread in threads:
+                thread.join(30)
+        assert [type(a) for a in answers] == [EventStoreUnavailable] * 2
+        assert all("is busy: no turn to append within 0.2 s" in str(a) for a in answers)
+        assert (len(store._queue), store._leading) == (0, False)
+        assert store.append("payments-a", [new_event()], StreamState.NO_STREAM).version == 0
+
+
+@st.composite
+def appends_then_a_group(draw: st.DrawFn) -> tuple[list[Request], list[Request]]:
+    """Appends made one at a time, then appends made as one group: to a few streams, at
+    any expected version, of new events or of events some append sent before."""
+    sent: list[list[NewEvent]] = []
+
+    def request() -> Request:
+        if sent and draw(st.booleans()):
+            events = draw(st.sampled_from(sent))
+        else:
+            events = [NewEvent(type="Tested", data=b"{}", id=UUID(int=len(sent) * 2 + n))
+                      for n in range(draw(st.integers(1, 2)))]
+        sent.append(events)
+        expected = draw(st.sampled_from([StreamState.NO_STREAM, StreamState.ANY, 0, 1, 2]))
+        return draw(st.sampled_from(["payments-a", "payments-b", "payments-c"])), events, expected
+
+    before = [request() for _ in range(draw(st.integers(0, 4)))]
+    return before, [request() for _ in range(draw(st.integers(2, 6)))]
+
+
+def described(answer: Answer) -> object:
+    return answer if isinstance(answer, AppendResult) else (type(answer), str(answer))
+
+
+@settings(max_examples=30, deadline=None)
+@given(appends=appends_then_a_group())
+def test_a_group_answers_and_writes_what_its_appends_one_at_a_time_would(
+    appends: tuple[list[Request], list[Request]],
+) -> None:
+    before, group = appends
+    with tempfile.TemporaryDirectory() as folder, \
+            EmbeddedEventStore(Path(folder) / "grouped.sqlite3", timeout=30) as grouped, \
+            EmbeddedEventStore(Path(folder) / "one-by-one.sqlite3", timeout=30) as one_by_one:
+        for store in (grouped, one_by_one):
+            for request in before:
+                _answer(store, request)
+        answers, statements = appended_as_one_group(grouped, group)
+        already = len(one_by_one.read_all())
+        alone = [_answer(one_by_one, request) for request in group]
+        assert [described(a) for a in answers] == [described(a) for a in alone]
+        wrote = len(one_by_one.read_all()) > already
+        assert [s for s in statements if s in TRANSACTIONS] == [
+            "BEGIN IMMEDIATE", "COMMIT" if wrote else "ROLLBACK"]
+        assert [(e.id, e.stream, e.version, e.position) for e in grouped.read_all()] == [
+            (e.id, e.stream, e.version, e.position) for e in one_by_one.read_all()]
 
 
 # --- rows another tool wrote --------------------------------------------------------

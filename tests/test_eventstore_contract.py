@@ -22,6 +22,7 @@ from uuid import uuid4
 import pytest
 
 from payments.eventstore import (
+    AppendResult,
     EventStore,
     EventStoreUnavailable,
     NewEvent,
@@ -233,6 +234,65 @@ def test_concurrent_appends_to_one_stream_exactly_one_wins_per_version(
     assert all(count == 1 for count in winners.values()), winners
     assert sum(winners.values()) == len(recorded) - 1
     assert [r.version for r in recorded] == list(range(len(recorded)))
+
+
+@pytest.mark.timeout(60)
+def test_appends_released_together_each_get_their_own_answer_and_a_wrong_one_fails_alone(
+    harness: Harness,
+) -> None:
+    """A mixed batch (the embedded store commits such appends as one group): a new
+    stream, streams moving on, an exact retry, and one expected version that is wrong.
+    Each thread hears its own answer; the wrong one appends nothing; the rest commit."""
+    existing = [harness.stream() for _ in range(4)]
+    retried = [event(0)]
+    originals = {s: harness.store.append(s, retried if n == 0 else [event(0)],
+                                         StreamState.NO_STREAM)
+                 for n, s in enumerate(existing)}
+    wrong, fresh = existing[1], harness.stream()
+    appends = {
+        existing[0]: (retried, StreamState.NO_STREAM),  # a retry of what is there: a replay
+        wrong: ([event(1)], 5),
+        existing[2]: ([event(1), event(2)], 0),
+        existing[3]: ([event(1)], StreamState.ANY),
+        fresh: ([event(0), event(1)], StreamState.NO_STREAM),
+    }
+    start = threading.Barrier(len(appends))
+    answers: dict[str, object] = {}
+
+    def append(stream: str) -> None:
+        events, expected = appends[stream]
+        start.wait()
+        try:
+            answers[stream] = harness.store.append(stream, events, expected)
+        except WrongExpectedVersion as e:
+            answers[stream] = e
+
+    threads = [threading.Thread(target=append, args=(s,)) for s in appends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    refused = answers[wrong]
+    assert isinstance(refused, WrongExpectedVersion), refused
+    assert (refused.stream, refused.expected, refused.actual) == (wrong, 5, 0)
+    assert len(harness.store.read_stream(wrong)) == 1
+    assert answers[existing[0]] == originals[existing[0]]
+    assert [r.id for r in harness.store.read_stream(existing[0])] == [retried[0].id]
+    new_positions = []
+    for stream in (existing[2], existing[3], fresh):
+        events, _ = appends[stream]
+        recorded = harness.store.read_stream(stream)
+        added = recorded[-len(events):]
+        assert [r.id for r in added] == [e.id for e in events]
+        assert [r.version for r in recorded] == list(range(len(recorded)))
+        assert answers[stream] == AppendResult(version=len(recorded) - 1,
+                                               position=added[-1].position)
+        assert [r.position for r in added] == sorted(r.position for r in added)
+        new_positions += [r.position for r in added]
+    everything = harness.store.read_all(category=harness.category)
+    assert sorted(new_positions) == [r.position for r in everything
+                                     if r.position > max(o.position for o in originals.values())]
 
 
 @pytest.mark.timeout(60)

@@ -10,17 +10,21 @@ Why this is safe as an event store:
   in order: a reader can never see position N+1 committed while N is still pending,
   and a subscriber that reads "after N" can never skip an event.
 * ``synchronous=FULL`` in WAL mode: a commit is on disk when ``append`` returns.
+
+Group commit: the threads of a process that append at the same time share one
+transaction and one fsync (``append``; one process's groups and another's take turns on
+the lock file).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -81,6 +85,9 @@ POLL_INTERVAL = 0.05
 # one commit (a fraction of a millisecond), doubling to this at most.
 WRITER_FIRST_PAUSE = 0.00005
 WRITER_LONGEST_PAUSE = 0.0002
+# The most appends one transaction carries: bounds how long a group holds SQLite's write
+# lock, and how long the last of its appends waits for the first one's answer.
+GROUP_LIMIT = 64
 
 
 def _category(stream: str) -> str:
@@ -105,6 +112,25 @@ def _recorded(row: tuple) -> RecordedEvent:
         raise UnreadableEvent(position, str(stream), str(type_), f"the stored row: {e}") from None
 
 
+class _Append:
+    """One caller's append in the group commit: its request, its state, its outcome."""
+
+    __slots__ = ("done", "error", "events", "expected_version", "leads", "result", "stream",
+                 "taken", "wakeup")
+
+    def __init__(self, stream: str, events: Sequence[NewEvent],
+                 expected_version: ExpectedVersion) -> None:
+        self.stream = stream
+        self.events = events
+        self.expected_version = expected_version
+        self.taken = False  # into a leader's group: its caller now waits for the outcome
+        self.leads = False  # handed the lead by the last leader
+        self.done = False  # its outcome is in result or error
+        self.result: AppendResult | None = None
+        self.error: BaseException | None = None
+        self.wakeup: threading.Lock | None = None  # held while its caller waits in line
+
+
 class EmbeddedEventStore(Closing):
     """The event store port on a SQLite file; safe across threads and processes."""
 
@@ -118,9 +144,13 @@ class EmbeddedEventStore(Closing):
         self._connections_lock = threading.Lock()
         self._errors = _SqliteErrors(self)
         self._schema_ready = False
-        # Appends take turns: the threads of this process here, then the processes on
-        # a lock file beside the store (see _one_writer).
-        self._writer = threading.Lock()
+        # Appends wait in line for a leader to commit them (see append), and take turns
+        # among processes on a lock file beside the store (see _take_turn).
+        self._line = threading.Lock()  # guards _queue and _leading
+        self._queue: deque[_Append] = deque()  # appends that wait for a leader
+        self._leading = False  # a thread of this process leads: the others queue
+        self.commits = 0  # durable commits made: appends per commit show the grouping
+        self._writer = threading.Lock()  # the leader's lock file descriptor, against close
         self._writer_fd: int | None = None
         self._writer_pid = 0
         # Nothing touches the file yet: a store that is down now may be up by first use,
@@ -140,38 +170,40 @@ class EmbeddedEventStore(Closing):
                 raise EventStoreUnavailable(
                     f"embedded event store {self.path} is unavailable: {e}"
                 ) from e
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            connection = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None,
-                check_same_thread=False,
-            )
-            try:
-                connection.execute("PRAGMA synchronous=FULL")  # per connection
-                with self._connections_lock:
-                    if not self._schema_ready:
-                        # WAL is a property of the file: set once, not per connection
-                        # (switching journal mode takes a lock that busy waits skip).
-                        connection.execute("PRAGMA journal_mode=WAL")
-                        connection.executescript(SCHEMA)
-                        self._schema_ready = True
-            except sqlite3.Error:
-                connection.close()
-                raise
+            with self._guard():  # here, so that a caller with a connection skips it
+                # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+                connection = sqlite3.connect(
+                    self.path, timeout=self.timeout, isolation_level=None,
+                    check_same_thread=False,
+                )
+                try:
+                    connection.execute("PRAGMA synchronous=FULL")  # per connection
+                    with self._connections_lock:
+                        if not self._schema_ready:
+                            # WAL is a property of the file: set once, not per connection
+                            # (switching journal mode takes a lock that busy waits skip).
+                            connection.execute("PRAGMA journal_mode=WAL")
+                            connection.executescript(SCHEMA)
+                            self._schema_ready = True
+                except sqlite3.Error:
+                    connection.close()
+                    raise
             self._local.connection = connection
             with self._connections_lock:
                 self._connections.append(connection)
         return connection
 
-    @contextlib.contextmanager
-    def _one_writer(self) -> Iterator[None]:
-        """This process's turn to append, then the turn among processes (a lock file).
+    def _take_turn(self, deadline: float) -> int:
+        """The leader's turn among processes: the lock file, locked by the time it
+        returns its descriptor, or busy at ``deadline`` (monotonic). ``_end_turn`` ends it.
 
         Writers then never wait in SQLite's busy handler, whose sleeps grow to 100 ms
-        (that was the 99th percentile of HTTP commands under 16 clients). Waiting is
-        bounded by ``timeout`` like any call; a process that dies drops its lock.
+        (that was the 99th percentile of HTTP commands under 16 clients). A process
+        that dies drops its lock. ``_writer`` only keeps ``close`` from closing the
+        descriptor under a leader: within a process, one thread leads at a time. Two
+        calls rather than a context manager: every append pays for what runs here.
         """
-        deadline = time.monotonic() + self.timeout
-        if not self._writer.acquire(timeout=self.timeout):
+        if not self._writer.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise self._busy()
         try:
             fd = self._writer_lock_file()
@@ -179,16 +211,19 @@ class EmbeddedEventStore(Closing):
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    return fd
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise self._busy() from None
                     time.sleep(pause)
                     pause = min(pause * 2, WRITER_LONGEST_PAUSE)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            self._writer.release()
+            raise
+
+    def _end_turn(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._writer.release()
 
@@ -230,27 +265,184 @@ class EmbeddedEventStore(Closing):
     def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
     ) -> AppendResult:
-        """Append in one durable transaction; the version check is part of the insert."""
+        """Append in one durable transaction; the version check is part of the insert.
+
+        Group commit: appends made meanwhile by other threads of this process share the
+        transaction, and so the fsync, which is most of an append's time. The thread
+        that finds no leader leads; the others queue and sleep. The leader takes the
+        turn among processes (``_take_turn``), then the oldest waiting appends (with its
+        own, ``GROUP_LIMIT`` in all), commits them together (``_commit``), wakes each of
+        their threads with its own result or error, and hands the lead to the first of
+        those that queued meanwhile (one wake-up per append, nobody woken for nothing).
+        A lone writer leads at once: no thread of its own, no timer, no waiting for
+        company.
+
+        Waiting in line is bounded by ``timeout``, as the turn was before; once taken,
+        an append waits for its leader's commit, which SQLite's busy timeout bounds in
+        turn. Groups do not span processes: a leader would have to take other processes'
+        events and hand back their answers through shared memory, and a process that
+        died in the middle would leave theirs unknown; each process's leader takes the
+        lock file in turn, and carries what its process queued meanwhile.
+        """
         if not events:
             raise ValueError("nothing to append")
-        with self._guard():
-            connection = self._connection()  # first: a closed store opens no lock file
-            with self._one_writer():
+        if isinstance(expected_version, int) and expected_version < 0:
+            raise ValueError(f"expected version {expected_version} is negative")
+        self._connection()  # first: a closed store opens no lock file
+        request = _Append(stream, events, expected_version)
+        deadline = time.monotonic() + self.timeout
+        with self._line:
+            if self._leading:
+                request.wakeup = threading.Lock()
+                request.wakeup.acquire()
+                self._queue.append(request)
+            else:
+                self._leading = True
+        if request.wakeup is not None:
+            self._follow(request, deadline)
+        if not request.done:
+            self._lead(request, deadline)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def _follow(self, request: _Append, deadline: float) -> None:
+        """Sleep until a leader has answered ``request`` or handed it the lead: until the
+        deadline while it waits in line (then busy), and for the answer once taken."""
+        assert request.wakeup is not None
+        try:
+            if request.wakeup.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return
+            with self._line:
+                if not (request.taken or request.leads):
+                    self._queue.remove(request)
+                    raise self._busy()
+            request.wakeup.acquire()
+        except BaseException:  # busy, or interrupted (Ctrl-C) in line
+            with self._line:
+                if request in self._queue:
+                    self._queue.remove(request)
+                elif request.leads:
+                    self._hand_on()
+            raise
+
+    def _lead(self, request: _Append, deadline: float) -> None:
+        """Commit ``request`` with the oldest appends waiting in line, answer each, and
+        hand on the lead. A failure before the group is taken is ``request``'s alone:
+        the others wait on for the next leader."""
+        group: list[_Append] = []
+        committed = False
+        try:
+            connection = self._connection()
+            fd = self._take_turn(deadline)
+            try:
+                with self._line:
+                    group.append(request)
+                    while self._queue and len(group) < GROUP_LIMIT:
+                        group.append(self._queue.popleft())
+                    for each in group:
+                        each.taken = True
+                committed = self._commit(connection, group)
+            finally:
+                self._end_turn(fd)
+        finally:
+            with self._line:
+                for each in group[1:]:
+                    each.done = True
+                    assert each.wakeup is not None
+                    each.wakeup.release()
+                self._hand_on()
+        if committed:
+            with self._appended:
+                self._appended.notify_all()
+
+    def _hand_on(self) -> None:
+        """The lead, to the first append in line, or to none (holding ``_line``)."""
+        if self._queue:
+            successor = self._queue.popleft()
+            successor.leads = True
+            assert successor.wakeup is not None
+            successor.wakeup.release()
+        else:
+            self._leading = False
+
+    def _commit(self, connection: sqlite3.Connection, group: list[_Append]) -> bool:
+        """One transaction for ``group`` (``_insert_each``): an append that fails takes
+        back its own rows only, and the others commit. True if it committed.
+
+        A database error (I/O, a full disk, locked by another program) leaves the
+        transaction in doubt: every append of the group hears ``EventStoreUnavailable``,
+        as a lone append would, and the leader's connection is replaced. So does an
+        interruption of the leader (KeyboardInterrupt), which it raises on; a retry with
+        the same event ids then finds them, or appends them.
+        """
+        try:
+            with self._guard():
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    result = self._insert(connection, stream, events, expected_version)
-                    if result is None:
-                        result = self._replayed(connection, stream, events, expected_version)
-                        connection.execute("ROLLBACK")
-                    else:
-                        connection.execute("COMMIT")
+                    committed = self._insert_each(connection, group)
+                    connection.execute("COMMIT" if committed else "ROLLBACK")
                 except BaseException:
                     if connection.in_transaction:
                         connection.execute("ROLLBACK")
                     raise
-        with self._appended:
-            self._appended.notify_all()
-        return result
+        except BaseException as error:
+            leader = group[0]
+            for each in group:
+                each.result, each.error = None, error if each is leader else self._shared(error)
+            if not isinstance(error, Exception):
+                raise
+            return False
+        if committed:
+            self.commits += 1
+        return committed
+
+    def _insert_each(self, connection: sqlite3.Connection, group: list[_Append]) -> bool:
+        """Each append's rows, or its replay's result, or its error; True if any wrote.
+
+        An append of several events in a group gets a savepoint, so that a failure
+        after its first rows takes back only those. A single event is one statement,
+        inserted or not; and a lone append's failure rolls back the whole transaction.
+        An error of the database propagates: the whole transaction is in doubt.
+        """
+        grouped = len(group) > 1
+        wrote = False
+        for each in group:
+            savepoint = grouped and len(each.events) > 1
+            if savepoint:
+                connection.execute("SAVEPOINT request")
+            try:
+                result = self._insert(connection, each.stream, each.events,
+                                      each.expected_version)
+                if result is None:
+                    if savepoint:
+                        connection.execute("ROLLBACK TO request")
+                    result = self._replayed(connection, each.stream, each.events,
+                                            each.expected_version)
+                else:
+                    wrote = True
+                each.result = result
+            except sqlite3.Error:
+                raise
+            except Exception as e:  # a conflict, or values that are no events: its own
+                if savepoint:
+                    connection.execute("ROLLBACK TO request")
+                each.error = e.with_traceback(None)
+            if savepoint:
+                connection.execute("RELEASE request")
+        return wrote
+
+    def _shared(self, error: BaseException) -> EventStoreUnavailable:
+        """What a follower hears when its group's transaction failed: what the leader
+        heard if the store is unavailable, else that the append was interrupted."""
+        shared = EventStoreUnavailable(
+            str(error) if isinstance(error, EventStoreUnavailable)
+            else f"embedded event store {self.path} is unavailable: the append was"
+                 f" interrupted ({error!r})"
+        )
+        shared.__cause__ = error
+        return shared
 
     @staticmethod
     def _insert(
@@ -280,9 +472,7 @@ class EmbeddedEventStore(Closing):
             start = 0 if row[0] is None else row[0] + 1
         elif expected_version is StreamState.NO_STREAM:
             start = 0
-        elif expected_version < 0:
-            raise ValueError(f"expected version {expected_version} is negative")
-        else:
+        else:  # append refused a negative one
             start = expected_version + 1
         recorded_at = time.time()
         category = _category(stream)
