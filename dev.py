@@ -56,7 +56,10 @@ def ensure_venv(requirements: str) -> None:
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         venv.create(VENV, with_pip=True)
-    files = [ROOT / "requirements.txt", ROOT / "requirements-dev.txt"]
+    # requirements-dev.txt includes bench/requirements.txt (tests/test_bench.py runs the
+    # benchmarks): a change to any of them installs again.
+    files = [ROOT / "requirements.txt", ROOT / "requirements-dev.txt",
+             ROOT / "bench" / "requirements.txt"]
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     stamp = VENV / f".installed-{requirements}"
     if stamp.exists() and stamp.read_text() == digest:

@@ -26,6 +26,12 @@ The service runs with metrics off (METRICS_ENABLED), and again, in the same roun
 alternating which goes first, with them on (the command's counter and histogram, the
 store's timing, as the web app records them): their ratio is what metrics cost a command.
 Set PROMETHEUS_MULTIPROC_DIR to an empty folder to measure them as gunicorn keeps them.
+
+In the same rounds, the peer: the same life cycle on the ``eventsourcing`` library's
+Application and SQLite persistence (``peer_eventsourcing.py``; bench/requirements.txt),
+with its aggregate cache (the same work per command as ours: no read of a payment it just
+saved) and in its default configuration (a read and replay per command). The plain
+service, the metered one and the two peers take turns, in reverse order every other round.
 """
 
 from __future__ import annotations
@@ -36,13 +42,15 @@ import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 from harness import setup_django, step
+from peer_eventsourcing import peer_run
 
 THREADS = 16  # as many as the HTTP bench's clients
 
@@ -234,17 +242,20 @@ def events_schema_rate(folder: Path, payments: int) -> float:
     return len(commits) / elapsed
 
 
+TAKING_TURNS = ("service", "metered", "peer_cached", "peer_default")
+
+
 def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
     """The best service and ceiling rates (commands/s) of ``rounds`` interleaved rounds."""
     ceiling: list[float] = []
     schema: list[float] = []
-    service: list[float] = []
     logged: list[float] = []
-    metered: list[float] = []
-    cpu: dict[bool, list[float]] = {False: [], True: []}  # microseconds per command
     traced_: list[float] = []
     threaded: list[float] = []
     appends_per_commit: list[float] = []
+    # The runs that take turns: the service with metrics off and on, and the two peers.
+    rates: dict[str, list[float]] = {name: [] for name in TAKING_TURNS}
+    cpu: dict[str, list[float]] = {name: [] for name in TAKING_TURNS}  # µs per command
     # Interleave the rounds so that a burst of disk noise hits both sides alike.
     for round_ in range(rounds):
         folder = FOLDER / f"round-{round_}"
@@ -252,12 +263,17 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
         with step(f"round {round_ + 1} of {rounds}"):
             ceiling.append(sqlite_ceiling_rate(folder, 3 * payments))
             schema.append(events_schema_rate(folder, payments))
-            runs = [(service, False), (metered, True)]
-            for rates, metrics in runs if round_ % 2 == 0 else reversed(runs):
-                rate, cpu_us = service_run(folder, payments, f"events-metrics-{metrics}",
-                                           metrics=metrics)
-                rates.append(rate)
-                cpu[metrics].append(cpu_us)
+            runs: list[tuple[str, Callable[[], tuple[float, float]]]] = [
+                ("service", partial(service_run, folder, payments, "events-metrics-False")),
+                ("metered", partial(service_run, folder, payments, "events-metrics-True",
+                                    metrics=True)),
+                ("peer_cached", partial(peer_run, folder, payments, cached=True)),
+                ("peer_default", partial(peer_run, folder, payments, cached=False)),
+            ]
+            for name, run in runs if round_ % 2 == 0 else reversed(runs):
+                rate, cpu_us = run()
+                rates[name].append(rate)
+                cpu[name].append(cpu_us)
             rate, per_commit = threaded_service_run(folder, payments)
             threaded.append(rate)
             appends_per_commit.append(per_commit)
@@ -265,16 +281,17 @@ def measure(*, payments: int = 2000, rounds: int = 3) -> dict[str, Any]:
                 logged.append(service_rate(folder, payments, "events-logged"))
             with traced():
                 traced_.append(service_rate(folder, payments, "events-traced"))
-    return {"commands": 3 * payments, "ceiling_rate": max(ceiling),
-            "schema_rate": max(schema), "service_rate": max(service),
-            "logged_rate": max(logged), "metered_rate": max(metered),
-            "ceiling_runs": ceiling, "schema_runs": schema, "service_runs": service,
-            "logged_runs": logged, "metered_runs": metered,
-            "service_cpu_us": statistics.median(cpu[False]),
-            "metered_cpu_us": statistics.median(cpu[True]),
-            "traced_rate": max(traced_), "traced_runs": traced_,
-            "threaded_rate": max(threaded), "threaded_runs": threaded,
-            "appends_per_commit": statistics.median(appends_per_commit)}
+    figures: dict[str, Any] = {
+        "commands": 3 * payments, "ceiling_rate": max(ceiling), "schema_rate": max(schema),
+        "logged_rate": max(logged), "ceiling_runs": ceiling, "schema_runs": schema,
+        "logged_runs": logged, "traced_rate": max(traced_), "traced_runs": traced_,
+        "threaded_rate": max(threaded), "threaded_runs": threaded,
+        "appends_per_commit": statistics.median(appends_per_commit),
+    }
+    for name in TAKING_TURNS:
+        figures |= {f"{name}_rate": max(rates[name]), f"{name}_runs": rates[name],
+                    f"{name}_cpu_us": statistics.median(cpu[name])}
+    return figures
 
 
 def main() -> None:
@@ -310,6 +327,14 @@ def main() -> None:
           "  (best runs; the disk's noise is larger than the difference)")
     print(f"CPU per command, median:     {f['service_cpu_us']:8.1f} us without metrics,"
           f" {f['metered_cpu_us']:.1f} us with (x{f['metered_cpu_us'] / f['service_cpu_us']:.3f})")
+    for name, label, target in (("peer_cached", "cached", "target >= 1.5"),
+                                ("peer_default", "no cache", "reference")):
+        print(f"eventsourcing peer, {label + ':':9s}{f[f'{name}_rate']:8.0f} commands/s (runs: "
+              + ", ".join(f"{r:.0f}" for r in f[f"{name}_runs"])
+              + f"), {f[f'{name}_cpu_us']:.1f} us CPU per command")
+        print(f"ratio service / that peer:   {f['service_rate'] / f[f'{name}_rate']:8.2f}"
+              f"  ({target}; CPU per command, peer / service:"
+              f" {f[f'{name}_cpu_us'] / f['service_cpu_us']:.2f})")
 
 
 if __name__ == "__main__":

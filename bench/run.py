@@ -4,7 +4,8 @@
     .venv/bin/python bench/run.py --quick    # a smoke run of about a minute; writes nothing
 
 Runs, each in a fresh process of its own (its own settings and throw-away folder
-under ``var/``): the command path (``commands.py``), the projection rebuild and
+under ``var/``): the command path (``commands.py``, with the ``eventsourcing`` peer of
+``peer_eventsourcing.py`` in the same rounds), the projection rebuild and
 live latency (``rebuild.py``), HTTP under gunicorn (``http_load.py``), a list read
 right after a create with its position (``read_your_writes.py``), and the
 scale point (``scale.py``) at a small size and at a million payments, and the
@@ -166,6 +167,15 @@ def rows(results: dict[str, dict[str, Any] | None]) -> list[Row]:
             get(commands, "threaded_rate"), PER_SECOND["commands"],
             "durable one-row commits, one thread", get(commands, "ceiling_rate"),
             "ratio >= 1.5", ratio_at_least(1.5)),
+        Row("service in-process, sequential, against the eventsourcing peer",
+            get(commands, "service_rate"), PER_SECOND["commands"],
+            "the eventsourcing peer, same life cycle (its aggregate cache, as ours)",
+            get(commands, "peer_cached_rate"), "ratio >= 1.5", ratio_at_least(1.5)),
+        Row("service in-process, sequential, against the eventsourcing peer",
+            get(commands, "service_rate"), PER_SECOND["commands"],
+            "the same peer, library defaults (no cache: a read per command)",
+            get(commands, "peer_default_rate"), "reference: the peer as configured by default",
+            None),
         Row("rebuild both projections, one process each",
             get(rebuild, "parallel_rate"), PER_SECOND["events"],
             "one event per transaction", get(rebuild, "one_per_transaction_rate"),

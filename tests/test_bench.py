@@ -22,6 +22,8 @@ ROWS = [
     r"the same, traced: a span per command",
     r"its commits alone: the events schema",
     r"service in-process, 16 threads, durable",
+    r"service in-process, sequential, against the eventsourcing peer",
+    r"service in-process, sequential, against the eventsourcing peer",
     r"rebuild both projections, one process each",
     r"rebuild both projections, one after the other",
     r"rebuild beside the live tables \(--rebuild\), one after the other",
