@@ -216,7 +216,7 @@ POSTGRES_SUITES = [
     "tests/test_hostile_input.py", "tests/test_esdb_cluster.py",
     "tests/test_runner_foreign_traffic.py", "tests/test_rebuild.py", "tests/test_as_of.py",
     "tests/test_event_versions.py", "tests/test_metrics.py", "tests/test_read_your_writes.py",
-    "tests/test_tracing.py",
+    "tests/test_tracing.py", "tests/test_connections.py",
 ]
 PG_USER = "payments"
 PG_DATABASE = "paymentsite"

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/read_your_writes.py [--samples 300]
 
-Deployed as in production (``http_load.py``'s gunicorn, 2 workers x 8 threads, DEBUG
+Deployed as in production (``http_load.py``'s gunicorn with production's configuration, DEBUG
 off, a fresh SQLite database and embedded event store) with the payment projection's
 runner in a process of its own (``manage.py run_projection payment``), one client on
 loopback, one request at a time:
@@ -58,7 +58,7 @@ def measure(*, samples: int = 300) -> dict[str, Any]:
         env = production_env(folder)
         token = prepare_site(env)
         port = free_port()
-        server = start_gunicorn(env, port)
+        server = start_gunicorn(env, port, folder / "server")
         runner = subprocess.Popen([PYTHON, "manage.py", "run_projection", "payment"],
                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         database = sqlite3.connect(f"file:{folder / 'db.sqlite3'}?mode=ro", uri=True)

@@ -93,6 +93,36 @@ TEMPLATES = [
 WSGI_APPLICATION = "paymentsite.wsgi.application"
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+
+
+def _connection_setting(name: str, cast: type, default: int | bool) -> int | bool:
+    """CONN_MAX_AGE or CONN_HEALTH_CHECKS: DATABASE_URL's own ``?conn_max_age=`` (or
+    ``?conn_health_checks=``) where it has one, else the variable of that name; both,
+    disagreeing, stop the start-up rather than one silently losing."""
+    in_url = DATABASES["default"].get(name)
+    try:
+        if in_url is None:
+            return env(name, cast=cast, default=default)
+        value = env.parse_value(str(in_url), cast)
+        if name in os.environ and env(name, cast=cast) != value:
+            raise ImproperlyConfigured(f"DATABASE_URL's ?{name.lower()}={in_url} and"
+                                       f" {name}={os.environ[name]} disagree: set one of them")
+        return value
+    except ValueError:  # only an int can fail: a bool is false unless it reads true
+        raise ImproperlyConfigured(f"{name} must be a whole number of seconds") from None
+
+
+# Persistent connections: a thread (a gunicorn worker's) keeps its connection across
+# requests for CONN_MAX_AGE seconds (0: one connection per request, Django's default;
+# opening one cost more than half of a GET's CPU, docs/BENCHMARKS.md), and with
+# CONN_HEALTH_CHECKS tests it before the first query of each request (one `SELECT 1` on
+# PostgreSQL), so that a restarted database costs no request an error. Only the request
+# cycle closes or checks a connection: a projection runner keeps its own for its whole
+# life (projections/locks.py; docs/OPERATIONS.md, "Database connections").
+DATABASES["default"]["CONN_MAX_AGE"] = _connection_setting("CONN_MAX_AGE", int, 600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = _connection_setting("CONN_HEALTH_CHECKS", bool, True)
+if DATABASES["default"]["CONN_MAX_AGE"] < 0:
+    raise ImproperlyConfigured("CONN_MAX_AGE must be 0 or more seconds")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL: the admin reads while a projection runner writes. IMMEDIATE: a writer takes
     # the lock when its transaction starts, so two writers queue instead of deadlocking.

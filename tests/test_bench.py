@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SAME = r"the same(\s|$)"  # a row with the figure of the row above, against another baseline
 # One pattern per row of the table, in order.
 ROWS = [
     r"command service, sequential",
@@ -28,9 +29,14 @@ ROWS = [
     r"rebuild both projections, one after the other",
     r"rebuild beside the live tables \(--rebuild\), one after the other",
     r"live: from append to PaymentView row committed, p99",
-    r"HTTP commands, 16 clients",
+    r"HTTP commands \(POST /api/payments/…\), 16 clients",
+    SAME,  # against the DRF floor with a durable commit
+    SAME,  # against the service in-process
     r"HTTP commands, p99",
+    SAME,  # against the durable floor's p99
+    SAME,  # against the p50
     r"HTTP GET /api/payments/\{id\}/",
+    SAME,  # against find_payment in-process
     r"HTTP settles on one payment, 16 clients at once: accepted",
     r"HTTP settles on one payment, p99",
     r"read your writes: GET /api/payments/\?after= at once after a create, p99",

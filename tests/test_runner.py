@@ -130,25 +130,66 @@ def test_a_runner_in_a_thread_holds_the_lock_on_its_own_connection_and_releases_
     unlock("payment", lock)
 
 
-def test_a_runner_whose_connection_is_closed_under_it_commits_nothing_unlocked(caplog) -> None:
-    """Django closes a connection past CONN_MAX_AGE (close_old_connections); on PostgreSQL
-    the session's advisory lock goes with it. The runner notices inside the next batch's
-    transaction, rolls that batch back, takes the lock again and counts exactly."""
+def test_a_runner_keeps_its_connection_and_lock_for_its_whole_life() -> None:
+    """Persistent connections are the request cycle's business: only close_old_connections,
+    at a request's start and end, closes an old connection (CONN_MAX_AGE) or arms a health
+    check (CONN_HEALTH_CHECKS). A runner serves no request, so its connection, and on
+    PostgreSQL the session that holds its lock, lasts as long as the runner, however long
+    past its maximum age."""
+    for _ in range(3):
+        some_payments(3)
+    sessions: list[object] = []
+
+    def record_the_session() -> None:
+        if not sessions:  # as if CONN_MAX_AGE were 0 and a health check were due
+            connection.close_at = time.monotonic() - 1
+            connection.health_check_enabled = True
+        sessions.append(connection.connection)
+
+    with following(DeclineProjection(), batch_size=2, on_commit=record_the_session) as runner:
+        runner.caught_up()
+        assert is_locked("decline")
+    assert len(sessions) > 5
+    assert all(session is sessions[0] for session in sessions)
+
+
+def as_if_max_age_passed() -> None:
+    """What close_old_connections does at a request's start or end past CONN_MAX_AGE."""
+    connection.close_at = time.monotonic() - 1
+    close_old_connections()
+    assert connection.connection is None
+
+
+def as_if_a_health_check_failed() -> None:
+    """A health check armed (as close_old_connections arms it with CONN_HEALTH_CHECKS)
+    that finds the connection unusable: the next query closes it and opens another."""
+    connection.health_check_enabled = True
+    connection.health_check_done = False
+    verdicts = iter([False])
+    connection.is_usable = lambda: next(verdicts, True)
+
+
+@pytest.mark.parametrize("closer", [as_if_max_age_passed, as_if_a_health_check_failed])
+def test_a_runner_whose_connection_is_closed_under_it_commits_nothing_unlocked(
+        caplog, closer: Callable[[], None]) -> None:
+    """Should the runner's connection be closed and reopened under it, on PostgreSQL the
+    session's advisory lock goes with it (SQLite's is a file lock, held by the process).
+    The runner notices inside the next batch's transaction, rolls that batch back, takes
+    the lock again and counts exactly."""
     for _ in range(3):
         some_payments(3)  # one decline in each
-    closed = threading.Event()
+    sessions: list[object] = []
 
     def close_the_connection_once() -> None:
-        if not closed.is_set():
-            closed.set()
-            connection.close_at = time.monotonic() - 1  # as if CONN_MAX_AGE had passed
-            close_old_connections()
-            assert connection.connection is None
+        sessions.append(connection.connection)
+        if len(sessions) == 1:
+            closer()
 
     with following(DeclineProjection(), batch_size=4,
                    on_commit=close_the_connection_once) as runner:
         runner.caught_up()
-    assert closed.is_set()
+    assert len(sessions) > 1
+    assert sessions[-1] is not sessions[0]  # it was closed and reopened
     assert list(DeclineView.objects.values_list("decline_code", "bank_name", "count")) == [
         ("05", "Bank 9", 3)]
     assert Checkpoint.objects.get(name="decline").position == get_event_store().head_position()
