@@ -6,9 +6,15 @@ Writes about N events (``dataset.py``: most payments settle, some refund, 15% ar
 declined, over several banks and codes) into a fresh embedded store, then, in a
 fresh SQLite database:
 
+* rebuilds PaymentView alone with the runner, as ``run_projection payment --reset
+  --once`` does, by turns with the floor: a bare Python projector of PaymentView over
+  the same events file (``floor_projector.py``: sqlite3, ``json.loads``, dicts,
+  ``executemany``, the same table, indexes and pragmas), and checks that both wrote the
+  same rows; prints both rates and their ratio;
 * rebuilds both projections with the runner (batches of 1000, one transaction
   each, checkpoint inside it): at once, each in a process of its own as deployed,
-  and one after the other in this process; prints events/s for both;
+  and one after the other in this process; prints events/s for both, and the first
+  against the floor;
 * rebuilds them beside the live tables, as ``run_projection --rebuild`` does (shadow
   tables, then the swap), by turns with the in-place ``--reset`` rebuild; prints
   the ratio;
@@ -26,12 +32,15 @@ import os
 import statistics
 import threading
 import time
+from pathlib import Path
 
 from harness import percentile, setup_django, step
 
 FOLDER = setup_django()
 
+import floor_projector as floor  # noqa: E402
 from dataset import write_payments  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
@@ -66,6 +75,39 @@ def rebuild(batch_size: int, limit_events: int | None = None,
         total += runner.progress.applied
         stop.clear()
     return total, time.perf_counter() - started
+
+
+def rebuild_payment_view(batch_size: int) -> tuple[int, float]:
+    """PaymentView alone from zero, as ``run_projection payment --reset --once`` does;
+    (events applied, seconds)."""
+    runner = ProjectionRunner(PaymentProjection(), get_event_store(), batch_size=batch_size)
+    started = time.perf_counter()
+    runner.run(once=True, reset=True)
+    return runner.progress.applied, time.perf_counter() - started
+
+
+# The floor's own database beside the read model's, with PaymentView's table as migrated.
+FLOOR = FOLDER / "floor.sqlite3"
+
+
+def rebuild_floor(batch_size: int) -> tuple[int, float]:
+    """The bare Python projector over the same events file; (events applied, seconds)."""
+    pragmas = settings.DATABASES["default"]["OPTIONS"]["init_command"]
+    if not FLOOR.exists():
+        floor.create(FLOOR, floor.schema(Path(settings.DATABASES["default"]["NAME"])), pragmas)
+    started = time.perf_counter()
+    applied = floor.rebuild(FOLDER / "events.sqlite3", FLOOR, pragmas, batch_size=batch_size)
+    return applied, time.perf_counter() - started
+
+
+def check_floor() -> None:
+    """The floor and the project wrote the same PaymentView rows, value for value (a
+    floor that projected something else would measure nothing)."""
+    ours, floors = floor.rows(Path(settings.DATABASES["default"]["NAME"])), floor.rows(FLOOR)
+    if ours != floors:
+        differ = sum(a != b for a, b in zip(ours, floors, strict=False))
+        raise SystemExit(f"the floor's PaymentView is not the project's: {len(floors)} rows"
+                         f" against {len(ours)}, {differ} of them differ")
 
 
 def rebuild_in_processes(batch_size: int) -> float:
@@ -142,22 +184,36 @@ def measure(*, events: int = 100_000, baseline_events: int = 5_000,
     # The slow original first, so that the full rebuild leaves the runners at the head.
     with step("rebuild, one event per transaction"):
         applied_1, seconds_1 = rebuild(batch_size=1, limit_events=baseline_events)
-    # --reset and --rebuild by turns, twice each: each figure is its better run, so a
-    # moment of noise on this shared machine does not decide the ratio.
-    resets, besides = [], []
+    # Each figure against its baseline by turns, twice each: each figure is its better
+    # run, so a moment of noise on this shared machine does not decide a ratio.
+    floors, alones, resets, besides, parallels = [], [], [], [], []
     for turn in (1, 2):
+        with step(f"rebuild PaymentView, the bare Python projector ({turn}/2)"):
+            floor_events, floor_seconds = rebuild_floor(batch_size=1000)
+            floors.append(floor_seconds)
+        with step(f"rebuild PaymentView alone ({turn}/2)"):
+            alone_events, alone_seconds = rebuild_payment_view(batch_size=1000)
+            alones.append(alone_seconds)
+        if turn == 1:
+            with step("the floor's rows against the project's"):
+                check_floor()
+        with step(f"rebuild, one process each ({turn}/2)"):
+            parallels.append(rebuild_in_processes(batch_size=1000))
         with step(f"rebuild, one after the other ({turn}/2)"):
             resets.append(rebuild(batch_size=1000)[1])
         with step(f"rebuild beside the live tables, --rebuild ({turn}/2)"):
             besides.append(rebuild(batch_size=1000, beside=True)[1])
-    seconds, beside_seconds = min(resets), min(besides)
-    with step("rebuild, one process each"):
-        parallel_seconds = rebuild_in_processes(batch_size=1000)
+    if floor_events != events or alone_events != events:
+        raise SystemExit(f"{events} events, but the floor applied {floor_events} and the"
+                         f" runner {alone_events}")
+    seconds, beside_seconds, parallel_seconds = min(resets), min(besides), min(parallels)
     with step("live latency"):
         appends, visible = live_latency(live)
     connection.close()
     return {
         "events": events,
+        "floor_rate": events / min(floors),
+        "payment_rate": events / min(alones),
         "parallel_rate": events / parallel_seconds,
         "parallel_seconds": parallel_seconds,
         "sequential_rate": events / seconds,
@@ -182,8 +238,14 @@ def main() -> None:
     parser.add_argument("--live", type=int, default=300, help="live latency samples")
     args = parser.parse_args()
     f = measure(events=args.events, baseline_events=args.baseline_events, live=args.live)
+    print(f"rebuild, the bare Python projector (floor): {f['floor_rate']:10,.0f} events/s"
+          f"  ({1e6 / f['floor_rate']:.1f} us an event; PaymentView only)")
+    print(f"rebuild, PaymentView alone:                  {f['payment_rate']:10,.0f} events/s"
+          f"  ({1e6 / f['payment_rate']:.1f} us an event; ratio to the floor"
+          f" {f['payment_rate'] / f['floor_rate']:.2f}; target >= 0.80)")
     print(f"rebuild, both projections, one process each: {f['parallel_rate']:9,.0f} events/s"
-          f"  ({f['events']} events in {f['parallel_seconds']:.2f} s; target >= 30,000)")
+          f"  ({f['events']} events in {f['parallel_seconds']:.2f} s; target >= 30,000;"
+          f" ratio to the floor {f['parallel_rate'] / f['floor_rate']:.2f}, target >= 0.75)")
     print(f"rebuild, both projections, one after other: {f['sequential_rate']:10,.0f} events/s"
           f"  ({f['events']} events x 2 projections in {f['sequential_seconds']:.2f} s)")
     print(f"rebuild beside the live tables (--rebuild): {f['beside_rate']:10,.0f} events/s"

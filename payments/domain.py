@@ -14,9 +14,10 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from uuid import UUID, uuid4
 
 from payments import text
@@ -353,6 +354,19 @@ class HistoryError(PaymentError):
     """Events that cannot follow each other: a corrupt or foreign stream."""
 
 
+def _evolved(payment: Payment, **changes: Any) -> Payment:
+    """``payment`` with ``changes``: what ``dataclasses.replace`` gives, at a fifth of its cost.
+
+    ``apply`` is a rebuild's hot path (every event of every payment), and ``replace``
+    checks each field and runs the frozen ``__init__`` again. ``Payment.__init__`` only
+    sets the fields, so a copy of them with the changes is the same payment (and still
+    frozen). Only ``apply`` calls it, with field names spelt out.
+    """
+    evolved = object.__new__(Payment)
+    evolved.__dict__.update(payment.__dict__, **changes)
+    return evolved
+
+
 def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment:
     """The state after ``event``: the one place where a payment's state changes."""
     if isinstance(event, PaymentCreated):
@@ -372,15 +386,15 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
         raise HistoryError(f"{type(event).__name__} before PaymentCreated")
     at = event.occurred_at
     if isinstance(event, PaymentAuthorized):
-        return replace(payment, status=PaymentStatus.AUTHORIZED, bank_name=event.bank_name,
-                       updated_at=at, version=version)
+        return _evolved(payment, status=PaymentStatus.AUTHORIZED, bank_name=event.bank_name,
+                        updated_at=at, version=version)
     if isinstance(event, PaymentSettled):
         settled = payment.settled_amount + event.amount
         status = (
             PaymentStatus.SETTLED if settled >= payment.amount
             else PaymentStatus.PARTIALLY_SETTLED
         )
-        return replace(
+        return _evolved(
             payment, status=status, settled_amount=settled, settlements=payment.settlements + 1,
             bank_name=event.bank_name or payment.bank_name, updated_at=at, version=version,
         )
@@ -390,10 +404,10 @@ def apply(payment: Payment | None, event: PaymentEvent, version: int) -> Payment
             PaymentStatus.REFUNDED if refunded >= payment.settled_amount
             else PaymentStatus.PARTIALLY_REFUNDED
         )
-        return replace(payment, status=status, refunded_amount=refunded,
-                       refunds=payment.refunds + 1, updated_at=at, version=version)
+        return _evolved(payment, status=status, refunded_amount=refunded,
+                        refunds=payment.refunds + 1, updated_at=at, version=version)
     if isinstance(event, PaymentDeclined):
-        return replace(
+        return _evolved(
             payment, status=PaymentStatus.DECLINED, bank_name=event.bank_name,
             decline_code=event.decline_code, updated_at=at, version=version,
         )

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import ClassVar, NamedTuple, Protocol
+from uuid import UUID
 
 from django.db import connection, models
 
 from payments.domain import HistoryError, Payment, PaymentStatus, apply
-from payments.events import EVENT_TYPES, PaymentDeclined, PaymentEvent
+from payments.events import EVENT_TYPES, PaymentDeclined, PaymentEvent, stream_name
 from payments.eventstore import RecordedEvent
 from projections.models import DeclineView, PaymentView
 
@@ -83,6 +84,8 @@ DeclineKey = tuple[str, str, date]
 # long stops the runner, naming the event, as any event it cannot apply does.
 _PAYMENT_TEXT = {name: PaymentView._meta.get_field(name).max_length
                  for name in ("reference", "bank_name")}
+_REFERENCE_LIMIT = _PAYMENT_TEXT["reference"] or 0
+_BANK_LIMIT = _PAYMENT_TEXT["bank_name"] or 0
 _DECLINE_BANK = DeclineView._meta.get_field("bank_name").max_length
 
 
@@ -94,6 +97,9 @@ def fit_to_columns(payment: Payment, record: RecordedEvent) -> Payment:
     would refuse the row and stop the runner; SQLite would keep it whole): one string
     must never stop a read model. The event keeps it whole, as does the payment's page.
     """
+    if (len(payment.reference) <= _REFERENCE_LIMIT
+            and len(payment.bank_name or "") <= _BANK_LIMIT):
+        return payment  # the usual case, first: every event of a rebuild passes here
     long = {name: value[:limit] for name, limit in _PAYMENT_TEXT.items()
             if limit is not None and len(value := getattr(payment, name) or "") > limit}
     if not long:
@@ -185,6 +191,10 @@ def _payment_values(payment: Payment, position: int, *, sqlite: bool) -> tuple[o
     )
 
 
+# The databases that get the upsert's own SQL; any other takes the ORM's bulk upsert.
+_UPSERT_VENDORS = ("sqlite", "postgresql")
+
+
 def upsert_payment_views(
     states: Iterable[tuple[Payment, int]], model: type[PaymentView] = PaymentView
 ) -> None:
@@ -193,12 +203,14 @@ def upsert_payment_views(
     The hot path of a rebuild: the ORM's bulk upsert prepares every value of every
     row field by field, which cost more than everything else in a batch together.
     ``INSERT … ON CONFLICT … DO UPDATE`` is the same SQL on SQLite and PostgreSQL;
-    any other database takes the ORM's path.
+    any other database takes the ORM's path. A stored row is only ever replaced by a
+    later state (a greater ``position``): a row the projection did not read (see
+    ``PaymentProjection.apply``) may be ahead of the batch, never put back.
     """
     states = list(states)
     if not states:
         return
-    if connection.vendor not in ("sqlite", "postgresql"):
+    if connection.vendor not in _UPSERT_VENDORS:
         model.objects.bulk_create(
             [row_from_payment(p, pos, model) for p, pos in states], batch_size=500,
             update_conflicts=True, unique_fields=["payment_id"], update_fields=_PAYMENT_FIELDS,
@@ -206,12 +218,14 @@ def upsert_payment_views(
         return
     sqlite = connection.vendor == "sqlite"
     quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
     columns = ["payment_id", *_PAYMENT_FIELDS]
     sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(map(quote, columns))})"
+        f"INSERT INTO {table} ({', '.join(map(quote, columns))})"
         f" VALUES ({', '.join(['%s'] * len(columns))})"
         f" ON CONFLICT ({quote('payment_id')}) DO UPDATE SET "
         + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _PAYMENT_FIELDS)
+        + f" WHERE excluded.{quote('position')} > {table}.{quote('position')}"
     )
     with connection.cursor() as cursor:
         cursor.executemany(sql, [_payment_values(p, pos, sqlite=sqlite) for p, pos in states])
@@ -245,21 +259,45 @@ class PaymentProjection(_OnTables):
 
     def apply(self, batch: list[Decoded]) -> None:
         view: type[PaymentView] = self.tables.get(PaymentView, PaymentView)  # type: ignore[assignment]
-        ids = {d.event.payment_id for d in batch}
-        known = {
-            row.payment_id: (payment_from_row(row), row.position)
-            for row in view.objects.filter(payment_id__in=ids)
-        }
-        for item in batch:
-            current, position = known.get(item.event.payment_id, (None, 0))
-            if item.record.position <= position:
+        known = self._stored(view, batch)
+        for record, event in batch:
+            current, position = known.get(event.payment_id, _NO_ROW)
+            if record.position <= position:
                 continue  # already in the row (only after a manual checkpoint move)
             try:
-                payment = project_payment(current, item.event, item.record.version)
+                payment = project_payment(current, event, record.version)
             except HistoryError as e:
-                raise ProjectionError(self.name, item.record, str(e)) from e
-            known[payment.id] = (fit_to_columns(payment, item.record), item.record.position)
+                raise ProjectionError(self.name, record, str(e)) from e
+            known[payment.id] = (fit_to_columns(payment, record), record.position)
         upsert_payment_views(known.values(), view)
+
+    @staticmethod
+    def _stored(view: type[PaymentView], batch: list[Decoded]) -> dict[UUID, tuple[Payment, int]]:
+        """The stored rows of the batch's payments that can have one, in one query.
+
+        A payment whose first event in the batch is the first event of its own stream
+        (version 0 of ``payments-<its id>``) has none: no event of it came before, so
+        none was applied. (Unless the read model is ahead of its checkpoint, moved back
+        by hand: the upsert never puts a row back, and the fold from that first event
+        arrives at the same state.) In a rebuild most payments start in the batch that
+        holds their events, and none of them costs a lookup. Without our own upsert
+        (another database), every row is read.
+        """
+        first: dict[UUID, RecordedEvent] = {}
+        for record, event in batch:
+            first.setdefault(event.payment_id, record)
+        if connection.vendor in _UPSERT_VENDORS:
+            ids = [payment_id for payment_id, record in first.items()
+                   if record.version != 0 or record.stream != stream_name(payment_id)]
+        else:
+            ids = list(first)
+        if not ids:
+            return {}
+        return {row.payment_id: (payment_from_row(row), row.position)
+                for row in view.objects.filter(payment_id__in=ids)}
+
+
+_NO_ROW: tuple[None, int] = (None, 0)
 
 
 class DeclineProjection(_OnTables):

@@ -488,8 +488,9 @@ class ProjectionRunner:
         decoded: list[Decoded] = []
         poison: ProjectionError | None = None
         last = position
+        handles = self.projection.handles
         for record in batch:
-            if record.type in self.projection.handles:
+            if record.type in handles:
                 try:
                     event = decode_recorded(record)
                 except UnreadableEvent as e:

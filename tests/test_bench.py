@@ -27,6 +27,8 @@ ROWS = [
     r"service in-process, sequential, against the eventsourcing peer",
     r"rebuild both projections, one process each",
     r"rebuild both projections, one after the other",
+    r"rebuild PaymentView alone \(--reset\), one process",
+    r"rebuild both projections at once, one process each",
     r"rebuild beside the live tables \(--rebuild\), one after the other",
     r"live: from append to PaymentView row committed, p99",
     r"HTTP commands \(POST /api/payments/…\), 16 clients",

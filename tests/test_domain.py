@@ -5,6 +5,7 @@ back the same state)."""
 from __future__ import annotations
 
 import re
+from dataclasses import FrozenInstanceError, fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import uuid4
@@ -31,7 +32,7 @@ from payments.domain import (
     parse_currency,
     parse_decline_code,
 )
-from payments.events import PaymentEvent, PaymentSettled
+from payments.events import PaymentEvent, PaymentRefunded, PaymentSettled
 from tests.amounts import BAD_AMOUNTS
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -220,3 +221,32 @@ def test_random_command_sequences_keep_the_invariants(
             pytest.fail(f"a final payment changed: {before.status} -> {payment.status}")
     assert fold(events) == payment
     assert payment.version == len(events) - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(amount=amounts, sequence=st.lists(commands, max_size=25))
+def test_apply_leaves_the_payment_it_is_given_as_it_was(
+    amount: Decimal, sequence: list[tuple[Action, object]]
+) -> None:
+    """``apply`` copies the state (cheaply: a rebuild folds every event) and never
+    changes the one it is given, which others hold (the command service's cache); the
+    copy is a whole, frozen Payment, down to the fields equality leaves out."""
+    payment, events = new_payment(str(amount))
+    payment = replace(payment, position=7)  # the service sets it; folding carries it
+    for n, (action, argument) in enumerate(sequence, start=1):
+        try:
+            event = run(payment, action, argument, T0 + timedelta(seconds=n))
+        except PaymentError:
+            continue
+        given_state = dict(vars(payment))
+        after = step(payment, events, event)
+        assert vars(payment) == given_state
+        assert type(after) is Payment
+        assert set(vars(after)) == {f.name for f in fields(Payment)}
+        with pytest.raises(FrozenInstanceError):
+            after.status = PaymentStatus.PENDING  # type: ignore[misc]
+        assert (after.position, after.version) == (7, len(events) - 1)
+        assert (after.settlements, after.refunds) == (
+            sum(isinstance(e, PaymentSettled) for e in events),
+            sum(isinstance(e, PaymentRefunded) for e in events))
+        payment = after

@@ -509,3 +509,49 @@ def test_a_future_version_is_refused_with_a_message_naming_what_this_code_reads(
     assert str(raised.value).endswith(
         "cannot be read: PaymentCreated schema version 3 is not supported (this code reads"
         " versions 1 to 2)")
+
+
+# --- the decoder's fast path answers as json.loads would ------------------------------
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=12,
+)
+_AROUND = st.sampled_from(["", " ", "\n", "\t ", "\ufeff", "x", "]", "{}", "\x00"])
+
+
+@given(st.one_of(
+    st.tuples(_AROUND, _JSON_VALUES.map(json.dumps), _AROUND).map("".join),
+    st.text(max_size=30),
+))
+def test_stored_json_is_read_as_json_loads_reads_it(text: str) -> None:
+    """What we write is read without json.loads's look for whitespace around it; any
+    other text gets json.loads's own answer, value or message (the runner shows it)."""
+    def answer(loads: Callable[[str], object]) -> object:
+        try:
+            return ("value", repr(loads(text)))  # repr: NaN is not equal to itself
+        except ValueError as e:
+            return ("error", type(e), str(e))
+
+    assert answer(contract._json_loads) == answer(json.loads)
+
+
+def test_a_payment_id_reads_as_one_uuid_in_any_spelling_and_only_as_text() -> None:
+    """Payment ids are parsed once and kept (a batch holds each payment's events
+    together): the same text gives the same UUID, another spelling of it too, and a
+    refusal is never kept in its place."""
+    created = json.loads(encode_data(PaymentCreated(
+        payment_id=PAYMENT_ID, occurred_at=AT, amount=Decimal("1.00"), currency="EUR")))
+    for spelling in (str(PAYMENT_ID), str(PAYMENT_ID).upper(), PAYMENT_ID.hex,
+                     f"{{{PAYMENT_ID}}}", str(PAYMENT_ID)):
+        data = json.dumps({**created, "payment_id": spelling}).encode()
+        assert decode_event("PaymentCreated", data).payment_id == PAYMENT_ID
+    for bad, reason in (("not-a-uuid", "ValueError('badly formed hexadecimal UUID string')"),
+                        (7, "TypeError('expected a string, got 7')")):
+        data = json.dumps({**created, "payment_id": bad}).encode()
+        for _ in range(2):
+            with pytest.raises(EventDecodeError) as refused:
+                decode_event("PaymentCreated", data)
+            assert str(refused.value) == f"bad PaymentCreated data: {reason}"

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import NamedTuple, Protocol, Self
 from uuid import UUID, uuid4
 
 
@@ -43,9 +43,12 @@ class NewEvent:
     id: UUID = field(default_factory=uuid4)
 
 
-@dataclass(frozen=True)
-class RecordedEvent:
-    """An event as the store holds it."""
+class RecordedEvent(NamedTuple):
+    """An event as the store holds it.
+
+    A named tuple, not a frozen dataclass: a catch-up makes one per event, and a tuple
+    costs a quarter as much to build (fields, keywords, equality and immutability alike).
+    """
 
     id: UUID
     stream: str
