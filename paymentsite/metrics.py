@@ -1,9 +1,9 @@
 """Prometheus metrics: every metric of our own is defined here, and here they are served.
 
 What each metric means, with its labels, and the alert rules to start with:
-docs/OPERATIONS.md. HTTP requests are counted by django-prometheus's middlewares
-(settings.MIDDLEWARE); the rest is recorded by the code that knows it:
+docs/OPERATIONS.md. Recorded by the code that knows it:
 
+* HTTP requests, by ``HttpMetricsMiddleware`` (settings.MIDDLEWARE), per response;
 * the command service (``payments.services``), once per command, whatever its outcome;
 * the event store wrapper (``payments.eventstore.instrumented``), per call, by adapter;
 * the projection runner (``projections.runner``), per batch and per change of state;
@@ -114,6 +114,67 @@ STORE_EVENTS_READ = Counter(
     " subscription).",
     ["adapter", "operation"],
 )
+
+# --- HTTP requests (settings.MIDDLEWARE) ------------------------------------------------
+#
+# django-prometheus's names, labels and buckets, which the alert rules (deploy/alerts.yml)
+# and any dashboard read: only the three series docs/OPERATIONS.md names, recorded by the
+# middleware below instead of its 17 (docs/DECISIONS.md, "HTTP metrics of our own").
+
+HTTP_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                        10.0, 25.0, 50.0, 75.0, float("inf"))
+HTTP_RESPONSES = Counter(
+    "django_http_responses_total_by_status_view_method",
+    "Count of responses by status, view, method.", ["status", "view", "method"],
+)
+HTTP_SECONDS = Histogram(
+    "django_http_requests_latency_seconds_by_view_method",
+    "Histogram of request processing time labelled by view.", ["view", "method"],
+    buckets=HTTP_LATENCY_BUCKETS,
+)
+HTTP_EXCEPTIONS = Counter(
+    "django_http_exceptions_total_by_view", "Count of exceptions by view.", ["view"],
+)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "OPTIONS",
+                          "CONNECT", "PATCH"})
+UNNAMED_VIEW = "<unnamed view>"
+# Each (status, view, method)'s children, once: a URL name, a status the site answers and
+# a known method (anything else is "<invalid method>"), so the labels stay few.
+_http: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
+def _view_name(request: HttpRequest) -> str:
+    """The URL's name (``api:payments``); an unknown URL's is ``<unnamed view>``."""
+    match = request.resolver_match
+    return (match.view_name if match is not None else None) or UNNAMED_VIEW
+
+
+class HttpMetricsMiddleware:
+    """Each response by status, view and method, the time in the view (and the middlewares
+    inside this one), and the exceptions views raise. Only in ``MIDDLEWARE`` when
+    ``METRICS_ENABLED``: off, a request pays nothing for it."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        seconds = time.perf_counter() - started
+        method = request.method if request.method in HTTP_METHODS else "<invalid method>"
+        key = (str(response.status_code), _view_name(request), str(method))
+        children = _http.get(key)
+        if children is None:  # .labels() looks the children up under a lock: once per key
+            children = _http.setdefault(key, (HTTP_RESPONSES.labels(*key),
+                                              HTTP_SECONDS.labels(*key[1:])))
+        children[0].inc()
+        children[1].observe(seconds)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        """Counted, then left to the handlers outside (a 503 page, a 500)."""
+        HTTP_EXCEPTIONS.labels(_view_name(request)).inc()
+
 
 # --- projections (projections/runner.py, run_projection) ---------------------------------
 

@@ -48,11 +48,10 @@ INSTALLED_APPS = [
 # Prometheus metrics (paymentsite/metrics.py, docs/OPERATIONS.md): off, nothing is
 # recorded, /metrics is a 404 and run_projection serves none.
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
-# HTTP requests by view and status: django-prometheus's "after" middleware, inside the
+# HTTP requests by view and status (paymentsite.metrics.HttpMetricsMiddleware), inside the
 # others (just before axes, which must stay last), so it sees the view and the status the
-# site answers. Not its "before" one (the whole request's latency, for 15 us more a
-# request), nor its database or cache backends (a wrapper around every query), nor its app.
-_prometheus_after = ["django_prometheus.middleware.PrometheusAfterMiddleware"]
+# site answers.
+_http_metrics = ["paymentsite.metrics.HttpMetricsMiddleware"]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -67,7 +66,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "payments.middleware.EventStoreUnavailableMiddleware",
-    *(_prometheus_after if METRICS_ENABLED else []),
+    *(_http_metrics if METRICS_ENABLED else []),
     # django-axes: last, as its documentation asks; answers a locked-out login.
     "axes.middleware.AxesMiddleware",
 ]

@@ -4,16 +4,20 @@ authentication, and the read-model lists."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import hypothesis
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -267,6 +271,75 @@ def test_a_body_that_is_not_an_object_is_a_400(client: APIClient) -> None:
     assert response.status_code == 400
     malformed = client.post("/api/payments/", "{not json", content_type="application/json")
     assert malformed.status_code == 400
+
+
+# Bodies a client may send a command: known and unknown fields, with JSON values good and bad.
+_JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**70, 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["100.00", "0", "1e3", " 5 ", "EUR", "usd", "XXX", "05", "N7", "Acme Bank",
+                     "", " ", "\x00", "\u202e", "9" * 13, "3.0", "-1"]),
+    st.text(max_size=8), st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+# Each field's good values (valid for one command or another); any value a time in eight.
+_FIELDS = {
+    "amount": st.sampled_from(["100.00", "0.01", 5, None]),
+    "currency": st.sampled_from(["EUR", "usd", None]),
+    "reference": st.sampled_from(["order 1", "", " x ", None]),
+    "bank_name": st.sampled_from(["Acme Bank", " B ", None]),
+    "decline_code": st.sampled_from(["05", "n7", None]),
+    "expected_version": st.sampled_from([0, 3, "4", 2.0, None]),
+    "ammount": st.just("1.00"),  # a typo: refused by name
+}
+@pytest.mark.django_db(databases=[])
+@hypothesis.settings(max_examples=300, deadline=None)
+@given(action=st.sampled_from(["create", "authorize", "settle", "refund", "decline"]),
+       data=st.data())
+def test_a_command_body_is_checked_as_its_drf_serializer_checks_it(action: str,
+                                                                    data: st.DataObject) -> None:
+    """``CommandSerializer.validated`` checks a valid body without building a serializer:
+    every body gets what ``is_valid`` gives, the same values or the same errors."""
+    from payments.api import commands
+
+    input_class = {"create": commands.CreatePaymentSerializer,
+                   "authorize": commands.AuthorizePaymentSerializer,
+                   "settle": commands.SettlePaymentSerializer,
+                   "refund": commands.RefundPaymentSerializer,
+                   "decline": commands.DeclinePaymentSerializer}[action]
+    # Mostly the command's own fields, now and then another's or a typo; or not an object.
+    names = [*input_class._declared_fields, *data.draw(st.lists(st.sampled_from(list(_FIELDS)),
+                                                                max_size=1))]
+    body = data.draw(st.one_of(
+        st.fixed_dictionaries({}, optional={name: mostly(_FIELDS[name]) for name in names}),
+        _JSON_VALUES,
+    ), label="body")
+
+    def drf() -> dict[str, Any]:
+        serializer = input_class(data=body)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+    assert outcome(lambda: input_class.validated(body)) == outcome(drf)
+
+
+def mostly(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``good``'s values seven times in eight, else any JSON value (one_of would draw from
+    each of _JSON_VALUES' alternatives as often as from ``good``)."""
+    return st.integers(0, 7).flatmap(lambda k: good if k else _JSON_VALUES)
+
+
+def outcome(check: Callable[[], dict[str, Any]]) -> tuple[Any, ...]:
+    """What a check gave: its values and their types, or its error and what it says."""
+    from rest_framework.exceptions import ValidationError
+
+    try:
+        values = check()
+    except ValidationError as e:
+        return ("refused", e.detail)
+    except Exception as e:
+        return (type(e), str(e))
+    return ("valid", values, [type(v) for v in values.values()])
 
 
 # --- 404, 409 ----------------------------------------------------------------------------

@@ -133,6 +133,13 @@ def test_an_outage_counts_as_503_by_view_for_the_api_and_the_pages(settings, tmp
     name = "django_http_responses_total_by_status_view_method_total"
     assert grew(before, after, name, view="api:payments", status="503", method="POST") == 1
     assert grew(before, after, name, view="payments:detail", status="503", method="GET") == 1
+    # The page's view raised (the API's answered its own 503): counted, and timed once.
+    assert grew(before, after, "django_http_exceptions_total_by_view_total",
+                view="payments:detail") == 1
+    assert grew(before, after, "django_http_exceptions_total_by_view_total",
+                view="api:payments") == 0
+    assert grew(before, after, "django_http_requests_latency_seconds_by_view_method_count",
+                view="payments:detail", method="GET") == 1
     assert grew(before, after, "payments_commands_total", action="create",
                 outcome="unavailable") == 1
     # The projections as the database has them; no head and no lag rather than wrong ones.
@@ -140,6 +147,18 @@ def test_an_outage_counts_as_503_by_view_for_the_api_and_the_pages(settings, tmp
     assert 'payments_projection_failed{projection="payment"} 0.0' in after
     assert "payments_projection_head_position{" not in after
     assert "payments_projection_lag_seconds{" not in after
+
+
+def test_a_made_up_method_is_one_series_whatever_it_is() -> None:
+    before = scrape()
+    for method in ("BREW", "PROPFIND", "X" * 40):
+        assert Client().generic(method, "/healthz").status_code == 405
+    after = scrape()
+    assert grew(before, after, "django_http_responses_total_by_status_view_method_total",
+                view="healthz", status="405", method="<invalid method>") == 3
+    assert grew(before, after, "django_http_requests_latency_seconds_by_view_method_count",
+                view="healthz", method="<invalid method>") == 3
+    assert "BREW" not in after
 
 
 def test_projections_that_cannot_be_read_leave_the_rest_of_the_scrape(

@@ -5,7 +5,7 @@ From ``paymentsite.settings`` (read from the same environment): the database con
 settings (``DATABASE_URL``, ``CONN_MAX_AGE``, ``CONN_HEALTH_CHECKS`` and the SQLite
 pragmas), the security settings, and the logging. The middleware is the project's list
 less the project's own and its features: ``ErrorPagesMiddleware`` and
-``EventStoreUnavailableMiddleware`` (its error pages), django-prometheus's (metrics) and
+``EventStoreUnavailableMiddleware`` (its error pages), ``HttpMetricsMiddleware`` (metrics) and
 django-axes' (login lock-out) are left out; the project's ``CommonMiddleware`` is
 Django's here. DRF: ``TokenAuthentication`` as DRF ships it, JSON in and out, no
 throttling (the benchmark turns the project's user throttle off too).

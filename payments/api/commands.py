@@ -84,11 +84,9 @@ def payment_id_from(value: str) -> UUID:
         raise exceptions.NotFound(f"payment {value!r} not found: not a payment id") from None
 
 
-def validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+def validated(serializer_class: type[CommandSerializer], request: Request) -> dict[str, Any]:
     """The request body, checked by the input serializer (400 on bad input)."""
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
+    return serializer_class.validated(request.data)
 
 
 def command_schema(input_class: type[serializers.Serializer], *, operation_id: str,
@@ -163,7 +161,7 @@ class PaymentCommandApi(APIView):
     ``extend_schema_view`` on the subclass.
     """
 
-    input_class: ClassVar[type[serializers.Serializer]]
+    input_class: ClassVar[type[CommandSerializer]]
     command: ClassVar[Callable[..., Payment]]
 
     @idempotent

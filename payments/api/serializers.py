@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Page
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import SkipField, empty
 
 from payments.domain import (
     MAX_BANK_NAME_LENGTH,
@@ -141,6 +143,36 @@ class CommandSerializer(serializers.Serializer):
                     {name: [f"unknown field; this request takes: {allowed}"] for name in unknown}
                 )
         return super().to_internal_value(data)
+
+    @classmethod
+    def validated(cls, data: Any) -> dict[str, Any]:
+        """``data`` checked as ``cls(data=data).is_valid(raise_exception=True)`` checks it,
+        with the same result.
+
+        A body of known fields that passes every check is checked on the class's declared
+        fields themselves, which DRF never binds (each instance gets deep copies): building
+        that instance cost a command 25 µs, more than its checks. Anything else goes to
+        the serializer, so that every refusal reads exactly as DRF writes it.
+        """
+        fields = cls._declared_fields
+        # A JSON object only (a QueryDict reads absent and blank fields its own way).
+        if type(data) is dict and data.keys() <= fields.keys():
+            serializer = cls()  # for its hooks only: no data, no fields built
+            attrs: dict[str, Any] = {}
+            try:
+                for name, field in fields.items():
+                    try:
+                        value = field.run_validation(data.get(name, empty))
+                    except SkipField:  # absent and optional
+                        continue
+                    hook = getattr(serializer, f"validate_{name}", None)
+                    attrs[name] = value if hook is None else hook(value)
+                return dict(serializer.validate(attrs))
+            except (serializers.ValidationError, DjangoValidationError):
+                pass  # the serializer says why, in DRF's words
+        serializer = cls(data=data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
 
 
 class ExistingPaymentCommandSerializer(CommandSerializer):
