@@ -15,8 +15,44 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
-env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env")
+
+
+class Env(environ.Env):
+    """django-environ's ``Env``, except that a boolean must read as one.
+
+    Out of the box any value that is not true-like reads as false, so a typo
+    (``METRICS_ENABLED=ture``, ``CONN_HEALTH_CHECKS=maybe``) would quietly turn a
+    setting off; here the start-up stops instead, naming the variable. Every boolean
+    setting (and DATABASE_URL's ``?conn_health_checks=``) is read through this.
+    """
+
+    BOOLEAN_FALSE_STRINGS = ("false", "off", "no", "n", "0", "")
+
+    @classmethod
+    def parse_value(cls, value: object, cast: object) -> object:
+        if cast is bool and isinstance(value, str):
+            word = value.strip().lower()
+            if word not in cls.BOOLEAN_TRUE_STRINGS and word not in cls.BOOLEAN_FALSE_STRINGS:
+                try:
+                    int(word)  # any number, as django-environ reads one: 0 is false
+                except ValueError:
+                    raise ValueError(f"{value!r} is neither true nor false") from None
+        return super().parse_value(value, cast)
+
+    def get_value(self, var: str, cast: object = None, default: object = environ.Env.NOTSET,
+                  parse_default: bool = False) -> object:
+        try:
+            return super().get_value(var, cast=cast, default=default,
+                                     parse_default=parse_default)
+        except ValueError as e:
+            if cast is not bool:
+                raise
+            raise ImproperlyConfigured(f"{var} must be true or false (on/off, yes/no, 1/0),"
+                                       f" not {self.ENVIRON.get(var)!r}") from e
+
+
+env = Env()
+Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
 # A development key is generated locally by dev.py into .env; production sets its own.
@@ -107,8 +143,11 @@ def _connection_setting(name: str, cast: type, default: int | bool) -> int | boo
             raise ImproperlyConfigured(f"DATABASE_URL's ?{name.lower()}={in_url} and"
                                        f" {name}={os.environ[name]} disagree: set one of them")
         return value
-    except ValueError:  # only an int can fail: a bool is false unless it reads true
-        raise ImproperlyConfigured(f"{name} must be a whole number of seconds") from None
+    except ValueError:  # the variable's own errors say so themselves (Env.get_value)
+        raise ImproperlyConfigured(
+            f"{name} must be a whole number of seconds" if cast is int
+            else f"DATABASE_URL's ?{name.lower()}= must be true or false, not {in_url!r}"
+        ) from None
 
 
 # Persistent connections: a thread (a gunicorn worker's) keeps its connection across

@@ -56,6 +56,29 @@ def test_connection_settings_come_from_the_environment(tmp_path: Path) -> None:
         assert message in done.stderr
 
 
+def test_a_boolean_setting_that_reads_as_neither_stops_the_start_up(tmp_path: Path) -> None:
+    """django-environ alone reads any word that is not true-like as false: a typo would
+    turn a setting off without a word (settings.Env)."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    for value, expected in {"off": False, "No": False, "0": False, " yes ": True, "1": True,
+                            "on": True}.items():
+        done = connection_settings(CONN_HEALTH_CHECKS=value)
+        assert done.returncode == 0, (value, done.stderr)
+        assert json.loads(done.stdout) == [600, expected], value
+    refused = {
+        "CONN_HEALTH_CHECKS must be true or false (on/off, yes/no, 1/0), not 'maybe'":
+            {"CONN_HEALTH_CHECKS": "maybe"},
+        "METRICS_ENABLED must be true or false (on/off, yes/no, 1/0), not 'ture'":
+            {"METRICS_ENABLED": "ture"},
+        "DATABASE_URL's ?conn_health_checks= must be true or false, not 'maybe'":
+            {"DATABASE_URL": f"{url}?conn_health_checks=maybe"},
+    }
+    for message, env in refused.items():
+        done = connection_settings(**env)
+        assert done.returncode != 0
+        assert message in done.stderr
+
+
 def readyz(handler: WSGIHandler) -> object:
     """GET /readyz (which queries the database) through the WSGI handler as gunicorn
     calls it, request signals and all; the DB-API connection it used."""
