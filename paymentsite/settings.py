@@ -99,7 +99,8 @@ MIDDLEWARE = [
     "paymentsite.errors.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # Django's, its storage made on first use (the API never uses it).
+    "paymentsite.messages.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "payments.middleware.EventStoreUnavailableMiddleware",
     *(_http_metrics if METRICS_ENABLED else []),
@@ -320,6 +321,8 @@ REST_FRAMEWORK = {
     # DRF's JSON parser, bounded: a body over 64 KiB is a 413, nesting deeper than 32 a 400.
     "DEFAULT_PARSER_CLASSES": ["payments.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's, answering an absent Accept or */* without parsing it.
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "payments.api.negotiation.ContentNegotiation",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "payments.api.errors.exception_handler",

@@ -553,6 +553,62 @@ def test_an_inactive_users_token_is_refused(user: Any) -> None:
     assert response.json() == {"detail": "User inactive or deleted."}
 
 
+def test_a_deleted_token_or_deactivated_user_is_refused_on_the_very_next_request(
+        user: Any) -> None:
+    """The token is looked up in the database on every request: nothing is remembered."""
+    token = Token.objects.create(user=user)
+    api = APIClient(headers={"Authorization": f"Token {token.key}"})
+    assert api.get("/api/payments/").status_code == 200
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    refused = api.get("/api/payments/")
+    assert (refused.status_code, refused.json()) == (401, {"detail": "User inactive or deleted."})
+    get_user_model().objects.filter(pk=user.pk).update(is_active=True)
+    assert api.get("/api/payments/").status_code == 200
+    Token.objects.filter(pk=token.pk).delete()
+    refused = api.post("/api/payments/", {"amount": "1.00"}, format="json")
+    assert (refused.status_code, refused.json()) == (401, {"detail": "Invalid token."})
+
+
+def test_the_token_query_is_seen_where_django_logs_queries(user: Any) -> None:
+    """Read on the driver's cursor, but through Django's when queries are logged
+    (DEBUG, assertNumQueries): it is counted like any other."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    token = Token.objects.create(user=user)
+    api = APIClient(headers={"Authorization": f"Token {token.key}"})
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get("/api/payments/").status_code == 200
+    assert any("authtoken_token" in query["sql"] and token.key in query["sql"]
+               for query in queries.captured_queries)
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/json; indent=2",
+                                    "text/html", "*/*;q=0.8", "application/*"])
+@pytest.mark.parametrize("query", ["", "?format=json", "?format=xml", "?format="])
+def test_content_negotiation_answers_as_drfs(accept: str | None, query: str) -> None:
+    """payments.api.negotiation answers an absent Accept or */* without DRF's parsing:
+    the same renderer and media type as DRF's, or the same error, for any request."""
+    from rest_framework.negotiation import DefaultContentNegotiation
+    from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from payments.api.negotiation import ContentNegotiation
+
+    headers = {} if accept is None else {"Accept": accept}
+    request = Request(APIRequestFactory().get(f"/api/payments/{query}", headers=headers))
+    for renderers in ([JSONRenderer()], [BrowsableAPIRenderer(), JSONRenderer()], []):
+        answers = []
+        for negotiation in (ContentNegotiation(), DefaultContentNegotiation()):
+            try:
+                renderer, media_type = negotiation.select_renderer(request, renderers)
+                answers.append((renderer, media_type))
+            except Exception as e:  # the same exception, with the same detail
+                answers.append((type(e), str(e)))
+        assert answers[0] == answers[1], (accept, query, renderers)
+
+
 def test_our_token_lookup_gives_what_drfs_gives(user: Any) -> None:
     """payments.api.authentication replaces DRF's ORM lookup with one SQL query."""
     from rest_framework.authentication import TokenAuthentication as DrfTokenAuthentication

@@ -130,6 +130,8 @@ def test_life_cycle_through_the_forms(browser: Client) -> None:
         assert forms_on(html) == allowed
         words = status.replace("_", " ")
         assert f"the payment is now {words}." in html  # the success message, for people
+        # Shown once: the next page has it no more (the message storage was used).
+        assert "the payment is now" not in page_of(browser.get(f"/payments/{payment_id}/"))
     assert timeline(html)[-1] == "PaymentRefunded"  # newest last
     assert 'id="payment-settled">100.00 EUR<' in html
     assert 'id="no-actions"' in html

@@ -132,6 +132,24 @@ def test_an_api_command_is_a_request_span_with_the_command_span_beneath(
     assert record.metadata.endswith(b'"schemaVersion":2}')
 
 
+def test_the_token_lookup_is_a_database_span_of_the_request(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The token query runs on the driver's cursor, which tracing instruments."""
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=get_user_model().objects.create_user("bearer"))
+    api = APIClient(headers={"Authorization": f"Token {token.key}"})
+    spans.clear()
+    assert api.get("/api/payments/").status_code == 200
+    request = next(span for span in spans.get_finished_spans() if span.kind is SpanKind.SERVER)
+    lookups = [span for span in spans.get_finished_spans() if span.kind is SpanKind.CLIENT
+               and span.context.trace_id == request.context.trace_id
+               and "authtoken_token" in span.attributes["db.statement"]]
+    assert len(lookups) == 1
+    assert lookups[0].attributes["db.system"] in ("sqlite", "postgresql")
+
+
 def test_a_refused_command_is_not_an_error_and_a_failed_one_is(
     spans: InMemorySpanExporter, client: APIClient, settings: Any, tmp_path: Path,
 ) -> None:
