@@ -569,6 +569,16 @@ def test_a_deleted_token_or_deactivated_user_is_refused_on_the_very_next_request
     assert (refused.status_code, refused.json()) == (401, {"detail": "Invalid token."})
 
 
+@pytest.mark.parametrize("key", ["a\x00b", "x" * 100_000, "\u202eabc".encode().decode("latin-1"),
+                                 "' OR 1=1 --", "é" * 10])
+def test_a_hostile_token_is_a_401_on_every_database(key: str) -> None:
+    """NUL (which PostgreSQL refuses in a query), a huge key, UTF-8 as a WSGI server hands
+    it over (Latin-1), SQL, a key that is not ASCII: each a 401, never a 500."""
+    response = APIClient().get("/api/payments/", HTTP_AUTHORIZATION=f"Token {key}")
+    assert response.status_code == 401
+    assert response.json()["detail"].startswith(("Invalid token.", "Invalid token header."))
+
+
 def test_the_token_query_is_seen_where_django_logs_queries(user: Any) -> None:
     """Read on the driver's cursor, but through Django's when queries are logged
     (DEBUG, assertNumQueries): it is counted like any other."""

@@ -80,6 +80,10 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
         sql, native, user_fields, token_fields, converters = _lookup()
+        # No token is longer than its column or holds NUL, which PostgreSQL refuses in a
+        # query (a 500, not a 401): answered as any unknown key, without asking.
+        if len(key) > Token._meta.get_field("key").max_length or "\x00" in key:
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
         found = _fetch_one(sql, native, key)
         if found is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
